@@ -1,0 +1,8 @@
+"""pcsnet-anomalib: the PCSNet few-shot anomaly detection model as an anomalib plugin."""
+
+from pcsnet_anomalib.callbacks import KShotSelection
+from pcsnet_anomalib.models import Pcsnet, PcsnetModel
+from pcsnet_anomalib.synthesis import PatchExchange, PatchExchangeConfig, load_preset
+
+__all__ = ["KShotSelection", "PatchExchange", "PatchExchangeConfig", "Pcsnet", "PcsnetModel", "load_preset"]
+__version__ = "0.1.0"

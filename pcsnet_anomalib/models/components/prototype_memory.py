@@ -1,0 +1,59 @@
+"""A fixed memory of per-position prototypes and distances to it.
+
+PCSNet (like CFA) keeps one prototype per feature-grid position: the mean descriptor of the
+k training images at that position. Distances from every position of a query to every
+prototype are Euclidean, computed as ``sqrt(|f|^2 + |c|^2 - 2 f.c)``. The squared norms of the
+prototypes never change after initialisation, so they are stored instead of recomputed.
+"""
+
+import torch
+from torch import nn
+
+from anomalib.models.components import DynamicBufferMixin
+
+# Floor for squared distances before the square root: keeps rounding below zero and the
+# gradient of sqrt at zero finite (identical images give distances of exactly zero).
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+class PrototypeMemory(DynamicBufferMixin):
+    """Per-position prototypes ``(N, C)`` with their squared norms; sizes are set at initialisation."""
+
+    prototypes: torch.Tensor
+    prototype_sq_norms: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("prototypes", torch.empty(0))
+        self.register_buffer("prototype_sq_norms", torch.empty(0))
+
+    @property
+    def is_initialized(self) -> bool:
+        """Whether prototypes were set (by :meth:`set_prototypes` or a loaded checkpoint)."""
+        return self.prototypes.numel() > 0
+
+    @property
+    def num_prototypes(self) -> int:
+        """Number of prototypes ``N`` (grid positions of the training descriptors)."""
+        return self.prototypes.shape[0] if self.is_initialized else 0
+
+    def set_prototypes(self, mean_descriptor: torch.Tensor) -> None:
+        """Store the per-position mean descriptor ``(C, H, W)`` as ``H*W`` prototypes."""
+        prototypes = mean_descriptor.flatten(1).transpose(0, 1).contiguous()
+        self.prototypes = prototypes.detach()
+        self.prototype_sq_norms = prototypes.pow(2).sum(dim=1).detach()
+
+    def distances(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """Euclidean distances ``(B, H*W, N)`` from each position of ``descriptor (B, C, H, W)`` to all prototypes."""
+        if not self.is_initialized:
+            msg = "Prototypes are not initialised: train the model (or load a trained checkpoint) before inference."
+            raise RuntimeError(msg)
+        queries = descriptor.flatten(2).transpose(1, 2)  # (B, HW, C)
+        query_sq_norms = queries.pow(2).sum(dim=2, keepdim=True)
+        squared = torch.baddbmm(
+            query_sq_norms + self.prototype_sq_norms,
+            queries,
+            self.prototypes.t().expand(queries.shape[0], -1, -1),
+            alpha=-2.0,
+        )
+        return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
