@@ -13,25 +13,25 @@ TINY_IMAGE_SIZE = 64
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth, low-contrast grey texture (uint8, HxWx3)."""
-    coarse = rng.normal(128, 12, (size // 8, size // 8))
-    smooth = np.array(Image.fromarray(coarse.astype(np.float32)).resize((size, size), Image.BICUBIC))
-    fine = rng.normal(0, 3, (size, size))
-    grey = np.clip(smooth + fine, 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+    """Noisy vertical stripes with a random phase (float, HxW): structured, like a woven or machined surface."""
+    columns = np.arange(size)[None, :]
+    stripes = 128 + 50 * np.sin(2 * np.pi * columns / 8 + rng.uniform(0, 2 * np.pi))
+    return np.broadcast_to(stripes, (size, size)) + rng.normal(0, 4, (size, size))
 
 
-def _add_defect(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Paint a dark or bright elliptical blob; return the image and its exact 0/255 mask."""
-    size = image.shape[0]
+def _to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(np.clip(grey, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _add_defect(rng: np.random.Generator, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brighten an elliptical region (a stain); return the RGB image and its exact 0/255 mask."""
+    size = grey.shape[0]
     yy, xx = np.mgrid[:size, :size]
     cy, cx = rng.integers(size // 5, 4 * size // 5, 2)
-    ry, rx = rng.integers(size // 12, size // 6, 2)
-    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-    value = 20 if rng.random() < 0.5 else 235
-    defective = image.copy()
-    defective[mask] = value
-    changed = np.any(defective != image, axis=2)
+    ry, rx = rng.integers(size // 10, size // 6, 2)
+    region = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    normal, defective = _to_rgb(grey), _to_rgb(grey + 40 * region)
+    changed = np.any(defective != normal, axis=2)
     return defective, (changed * 255).astype(np.uint8)
 
 
@@ -44,19 +44,19 @@ def write_mvtec_dataset(
     size: int = TINY_IMAGE_SIZE,
     seed: int = 0,
 ) -> Path:
-    """Write ``<root>/<category>/{train/good,test/good,test/blob,ground_truth/blob}`` and return ``root``."""
+    """Write ``<root>/<category>/{train/good,test/good,test/stain,ground_truth/stain}`` and return ``root``."""
     rng = np.random.default_rng(seed)
     base = root / category
-    for folder in ("train/good", "test/good", "test/blob", "ground_truth/blob"):
+    for folder in ("train/good", "test/good", "test/stain", "ground_truth/stain"):
         (base / folder).mkdir(parents=True, exist_ok=True)
     for index in range(n_train):
-        Image.fromarray(_texture(rng, size)).save(base / "train/good" / f"{index:03d}.png")
+        Image.fromarray(_to_rgb(_texture(rng, size))).save(base / "train/good" / f"{index:03d}.png")
     for index in range(n_test_good):
-        Image.fromarray(_texture(rng, size)).save(base / "test/good" / f"{index:03d}.png")
+        Image.fromarray(_to_rgb(_texture(rng, size))).save(base / "test/good" / f"{index:03d}.png")
     for index in range(n_test_defect):
         image, mask = _add_defect(rng, _texture(rng, size))
-        Image.fromarray(image).save(base / "test/blob" / f"{index:03d}.png")
-        Image.fromarray(mask).save(base / "ground_truth/blob" / f"{index:03d}_mask.png")
+        Image.fromarray(image).save(base / "test/stain" / f"{index:03d}.png")
+        Image.fromarray(mask).save(base / "ground_truth/stain" / f"{index:03d}_mask.png")
     return root
 
 

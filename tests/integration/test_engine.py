@@ -1,0 +1,82 @@
+"""End to end with anomalib's Engine on generated MVTec-layout data and a small random backbone."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+from torchmetrics.classification import BinaryAUROC
+
+from pcsnet_anomalib import KShotSelection, Pcsnet
+from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_pcsnet(**kwargs: object) -> Pcsnet:
+    pre_processor = Pcsnet.configure_pre_processor(image_size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
+    return Pcsnet(**TINY_MODEL, pre_processor=pre_processor, **kwargs)  # type: ignore[arg-type]
+
+
+def _engine(root: Path, max_epochs: int) -> Engine:
+    return Engine(default_root_dir=root, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False)
+
+
+@pytest.mark.parametrize("k_shot", [4, None])
+def test_engine_train_then_test_reports_image_and_pixel_auroc(mvtec_root: Path, tmp_path: Path, k_shot: int | None) -> None:
+    seed_everything(0)
+    datamodule = MVTecAD(root=mvtec_root, category="widget", num_workers=0)
+    model = _tiny_pcsnet(k_shot=k_shot, num_epochs=2)
+    engine = _engine(tmp_path, max_epochs=10)
+    engine.train(model, datamodule=datamodule)
+    assert engine.trainer.current_epoch == 2  # num_epochs stops training before max_epochs
+    assert len(datamodule.train_data) == (k_shot or 10)
+    results = engine.test(model, datamodule=datamodule)
+    assert 0.0 <= results[0]["image_AUROC"] <= 1.0
+    assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+    assert model.model.memory.num_prototypes == 18 * 18  # 64 px / 3.5 per cell
+
+
+def _image_auroc(model: Pcsnet, datamodule: MVTecAD) -> float:
+    """Image AUROC of the bare torch model on the test split, the same way before and after training."""
+    model.eval()
+    auroc = BinaryAUROC()
+    transform = model.pre_processor.transform
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            auroc.update(model.model(transform(batch.image)).pred_score, batch.gt_label.int())
+    return float(auroc.compute())
+
+
+def test_short_training_beats_the_untrained_model(make_mvtec, tmp_path: Path) -> None:
+    root = make_mvtec(n_train=8, n_test_good=10, n_test_defect=10, seed=1)
+    datamodule = MVTecAD(root=root, category="widget", num_workers=0, eval_batch_size=10)
+    datamodule.setup()
+
+    seed_everything(0)
+    untrained = _tiny_pcsnet(k_shot=8, seed=0)
+    images = torch.stack([untrained.pre_processor.transform(item.image) for item in datamodule.train_data])
+    untrained.model.train()
+    with torch.no_grad():
+        untrained.model.initialize_prototypes(untrained.model.describe(images).sum(dim=0), len(images))
+    before = _image_auroc(untrained, datamodule)
+
+    seed_everything(0)
+    trained = _tiny_pcsnet(k_shot=8, seed=0, num_epochs=8)
+    _engine(tmp_path, max_epochs=8).fit(trained, datamodule=datamodule)
+    after = _image_auroc(trained, datamodule)
+    assert after > before + 0.1, f"image AUROC before training {before:.3f}, after {after:.3f}"
+    assert after > 0.75
+
+
+def test_k_shot_callback_works_for_other_anomalib_models(mvtec_root: Path, tmp_path: Path) -> None:
+    from anomalib.models import Padim
+
+    datamodule = MVTecAD(root=mvtec_root, category="widget", num_workers=0)
+    engine = Engine(
+        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, callbacks=[KShotSelection(k_shot=3, seed=1)]
+    )
+    engine.fit(Padim(backbone="resnet18", pre_trained=False, n_features=20), datamodule=datamodule)
+    assert len(datamodule.train_data) == 3
