@@ -17,6 +17,6 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Last: make Pcsnet and PcsnetDemo visible to anomalib's lookups (also done by the start-up hook).
-from pcsnet_anomalib._plugin import register as _register  # noqa: E402
+from pcsnet_anomalib._plugin import register as _register
 
 _register()

@@ -25,7 +25,9 @@ def _engine(root: Path, max_epochs: int) -> Engine:
 
 
 @pytest.mark.parametrize("k_shot", [4, None])
-def test_engine_train_then_test_reports_image_and_pixel_auroc(mvtec_root: Path, tmp_path: Path, k_shot: int | None) -> None:
+def test_engine_train_then_test_reports_image_and_pixel_auroc(
+    mvtec_root: Path, tmp_path: Path, k_shot: int | None
+) -> None:
     seed_everything(0)
     datamodule = MVTecAD(root=mvtec_root, category="widget", num_workers=0)
     model = _tiny_pcsnet(k_shot=k_shot, num_epochs=2)
@@ -76,7 +78,11 @@ def test_k_shot_callback_works_for_other_anomalib_models(mvtec_root: Path, tmp_p
 
     datamodule = MVTecAD(root=mvtec_root, category="widget", num_workers=0)
     engine = Engine(
-        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, callbacks=[KShotSelection(k_shot=3, seed=1)]
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[KShotSelection(k_shot=3, seed=1)],
     )
     engine.fit(Padim(backbone="resnet18", pre_trained=False, n_features=20), datamodule=datamodule)
     assert len(datamodule.train_data) == 3

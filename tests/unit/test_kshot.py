@@ -8,7 +8,7 @@ from anomalib.data import MVTecAD
 from pcsnet_anomalib.callbacks import KShotSelection
 
 
-def _train_data(root: Path):  # noqa: ANN202
+def _train_data(root: Path):
     datamodule = MVTecAD(root=root, category="widget")
     datamodule.setup()
     return datamodule.train_data
@@ -38,7 +38,9 @@ def test_non_positive_k_is_rejected() -> None:
         KShotSelection(k_shot=0)
 
 
-def test_setup_subsamples_the_datamodule_and_records_the_choice(mvtec_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_setup_subsamples_the_datamodule_and_records_the_choice(
+    mvtec_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     datamodule = MVTecAD(root=mvtec_root, category="widget")
     datamodule.setup()
     trainer = type("FakeTrainer", (), {"datamodule": datamodule})()

@@ -43,7 +43,9 @@ def test_official_anomalous_term_takes_minima_along_the_grid_width() -> None:
     loss = official_anomalous_separation_loss(distances, mask, (2, 2), torch.tensor([0.0]), 0.2, NU, n_nearest=2)
     # each (prototype, row) keeps [1.0, 0.0] -> relu(0.04 - 1) = 0 and relu(0.04 - 0) = 0.04
     assert loss == pytest.approx(0.02 / NU)
-    paper = anomalous_separation_loss(distances.topk(2, largest=False).values, mask.flatten(1), torch.tensor([0.0]), 0.2, NU)
+    paper = anomalous_separation_loss(
+        distances.topk(2, largest=False).values, mask.flatten(1), torch.tensor([0.0]), 0.2, NU
+    )
     assert paper == 0  # the paper's term: far features are not penalised
 
 
@@ -90,4 +92,6 @@ def test_official_switch_requires_the_full_distances() -> None:
         torch.ones(1, 4, 3), torch.ones(1, 4, 3), None, torch.ones(1, 4, 3), torch.zeros(1, 1, 4, 4), (2, 2)
     )
     with pytest.raises(ValueError, match="keep_anomalous_distances"):
-        PcsnetLoss(official_anomalous_term=True)(outputs, torch.tensor([0.0]), torch.ones(1, 1, 4, 4), torch.tensor([True]))
+        PcsnetLoss(official_anomalous_term=True)(
+            outputs, torch.tensor([0.0]), torch.ones(1, 1, 4, 4), torch.tensor([True])
+        )

@@ -7,8 +7,6 @@ prototypes never change after initialisation, so they are stored instead of reco
 """
 
 import torch
-from torch import nn
-
 from anomalib.models.components import DynamicBufferMixin
 
 # Floor for squared distances before the square root: keeps rounding below zero and the

@@ -155,9 +155,7 @@ class Pcsnet(AnomalibModule):
         if image_size is not None:
             transforms.append(Resize(image_size, antialias=True))
         if center_crop_size is not None:
-            if image_size is not None and (
-                center_crop_size[0] > image_size[0] or center_crop_size[1] > image_size[1]
-            ):
+            if image_size is not None and (center_crop_size[0] > image_size[0] or center_crop_size[1] > image_size[1]):
                 msg = f"Center crop size {center_crop_size} cannot be larger than image size {image_size}."
                 raise ValueError(msg)
             transforms.append(CenterCrop(center_crop_size))
@@ -172,10 +170,10 @@ class Pcsnet(AnomalibModule):
     def setup(self, stage: str) -> None:
         """Use the paper's batch size for training unless ``train_batch_size`` is None."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and self.train_batch_size is not None and datamodule is not None:
-            if getattr(datamodule, "train_batch_size", None) != self.train_batch_size:
-                logger.info("Pcsnet: training batch size set to %d (train_batch_size).", self.train_batch_size)
-                datamodule.train_batch_size = self.train_batch_size
+        wanted = self.train_batch_size
+        if stage == "fit" and wanted is not None and getattr(datamodule, "train_batch_size", wanted) != wanted:
+            logger.info("Pcsnet: training batch size set to %d (train_batch_size).", wanted)
+            datamodule.train_batch_size = wanted
 
     def on_train_start(self) -> None:
         """Pick the pseudo-anomaly preset and build the prototypes from the k training images."""
@@ -212,7 +210,7 @@ class Pcsnet(AnomalibModule):
         total = self.trainer.strategy.reduce(torch.tensor(float(count), device=self.device), reduce_op="sum")
         self.model.initialize_prototypes(descriptor_sum, int(total.item()))
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One step on the normal images, their pseudo-anomalous copies and a mix of both."""
         del args, kwargs
         images = batch.image
@@ -235,7 +233,9 @@ class Pcsnet(AnomalibModule):
             msg = f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: {terms}."
             raise NonFiniteLossError(msg)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train_{name}": value for name, value in losses.items() if name != "loss"}, batch_size=batch_size)
+        self.log_dict(
+            {f"train_{name}": value for name, value in losses.items() if name != "loss"}, batch_size=batch_size
+        )
         return {"loss": loss}
 
     def on_train_epoch_end(self) -> None:
@@ -243,7 +243,7 @@ class Pcsnet(AnomalibModule):
         if self.current_epoch + 1 >= self.num_epochs:
             self.trainer.should_stop = True
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""
         del args, kwargs
         predictions = self.model(batch.image)

@@ -129,7 +129,10 @@ class PcsnetLoss(nn.Module):
         normal = normal_compactness_loss(outputs.normal_nearest, radius, self.nu)
         if self.official_anomalous_term:
             if outputs.anomalous_distances is None:
-                msg = "The official anomalous term needs all distances: call training_outputs(keep_anomalous_distances=True)."
+                msg = (
+                    "The official anomalous term needs all distances: "
+                    "call training_outputs(keep_anomalous_distances=True)."
+                )
                 raise ValueError(msg)
             anomalous = official_anomalous_separation_loss(
                 outputs.anomalous_distances,

@@ -273,8 +273,10 @@ class PcsnetModel(nn.Module):
     def _segment(self, descriptor: torch.Tensor, prior_distances: torch.Tensor) -> torch.Tensor:
         """CAS scores at grid resolution from a descriptor and its sorted smallest distances."""
         grid_size = descriptor.shape[-2:]
-        prior = prior_distances[..., : self.prior_channels].transpose(1, 2).reshape(
-            descriptor.shape[0], self.prior_channels, *grid_size
+        prior = (
+            prior_distances[..., : self.prior_channels]
+            .transpose(1, 2)
+            .reshape(descriptor.shape[0], self.prior_channels, *grid_size)
         )
         return self.cas(descriptor[:, : self.cas_channels], prior, self.pyramid_bins(tuple(grid_size)))
 
@@ -314,7 +316,9 @@ class PcsnetModel(nn.Module):
         if self.descriptor.is_batch_dependent:
             normal_descriptor = self.descriptor(normal_features, grid_size)
             anomalous_descriptor = self.descriptor(anomalous_features, grid_size)
-            mixed_features = [torch.where(select, a, n) for n, a in zip(normal_features, anomalous_features, strict=True)]
+            mixed_features = [
+                torch.where(select, a, n) for n, a in zip(normal_features, anomalous_features, strict=True)
+            ]
             mixed_descriptor = self.descriptor(mixed_features, grid_size)
             normal_nearest = self._nearest(normal_descriptor, self.n_nearest)
             anomalous_distances = self.memory.distances(anomalous_descriptor)
