@@ -24,7 +24,10 @@ PACKAGE = "pcsnet_anomalib"
 MODELS: dict[str, str] = {"Pcsnet": "pcsnet_anomalib.models:Pcsnet"}
 """Name set on ``anomalib.models`` -> ``module:attribute`` of an ``AnomalibModule`` subclass."""
 
-DATAMODULES: dict[str, str] = {"PcsnetDemo": "pcsnet_anomalib.data:PcsnetDemo"}
+DATAMODULES: dict[str, str] = {
+    "PcsnetDemo": "pcsnet_anomalib.data:PcsnetDemo",
+    "KShotMVTecAD": "pcsnet_anomalib.data:KShotMVTecAD",
+}
 """Name set on ``anomalib.data`` -> ``module:attribute`` of an ``AnomalibDataModule`` subclass."""
 
 

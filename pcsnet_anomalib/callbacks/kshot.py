@@ -48,6 +48,17 @@ class KShotSelection(Callback):
                 "pass `datamodule=` to Engine/Trainer.fit instead of bare dataloaders."
             )
             raise RuntimeError(msg)
+        preselected = getattr(datamodule, "few_shot_paths", None)
+        if preselected is not None:
+            if self.k_shot is not None and self.k_shot != len(preselected):
+                logger.warning(
+                    "%s already chose %d training images; keeping them instead of k_shot=%d.",
+                    type(datamodule).__name__,
+                    len(preselected),
+                    self.k_shot,
+                )
+            self.selected_paths = list(preselected)
+            return
         self.selected_paths = self.select(train_data)
         if len(self.selected_paths) < len(train_data):
             keep = [index for index, path in enumerate(train_data.samples.image_path) if path in self.selected_paths]

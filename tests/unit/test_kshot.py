@@ -53,3 +53,28 @@ def test_setup_subsamples_the_datamodule_and_records_the_choice(
     assert callback.state_dict()["selected_paths"] == callback.selected_paths
     callback.setup(trainer, None, "fit")  # a second fit keeps the same images
     assert sorted(datamodule.train_data.samples.image_path) == callback.selected_paths
+
+
+def test_kshot_datamodule_trains_every_model_on_the_same_images(mvtec_root: Path) -> None:
+    from pcsnet_anomalib.data import KShotMVTecAD
+
+    first = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=5, num_workers=0)
+    second = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=5, num_workers=0)
+    first.setup()
+    second.setup()
+    assert first.few_shot_paths == second.few_shot_paths == sorted(first.train_data.samples.image_path)
+    assert len(first.train_data) == 3
+    assert not set(first.few_shot_paths) & set(first.val_data.samples.image_path)
+
+    trainer = type("FakeTrainer", (), {"datamodule": first})()
+    model_selection = KShotSelection(k_shot=8, seed=0)
+    model_selection.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    assert model_selection.selected_paths == first.few_shot_paths
+    assert len(first.train_data) == 3
+
+
+def test_kshot_datamodule_rejects_more_shots_than_images(mvtec_root: Path) -> None:
+    from pcsnet_anomalib.data import KShotMVTecAD
+
+    with pytest.raises(ValueError, match="k_shot=20"):
+        KShotMVTecAD(root=mvtec_root, category="widget", k_shot=20, num_workers=0).setup()
