@@ -59,10 +59,7 @@ class KShotSelection(Callback):
                 )
             self.selected_paths = list(preselected)
             return
-        self.selected_paths = self.select(train_data)
-        if len(self.selected_paths) < len(train_data):
-            keep = [index for index, path in enumerate(train_data.samples.image_path) if path in self.selected_paths]
-            datamodule.train_data = train_data.subsample(keep)
+        datamodule.train_data = self.subsample(train_data)
         logger.info(
             "k-shot selection (k_shot=%s, seed=%d): training on %d images: %s",
             self.k_shot,
@@ -70,6 +67,13 @@ class KShotSelection(Callback):
             len(self.selected_paths),
             ", ".join(self.selected_paths),
         )
+
+    def subsample(self, train_data: Any) -> Any:
+        """Return ``train_data`` restricted to the chosen images, recorded in ``selected_paths``."""
+        self.selected_paths = self.select(train_data)
+        chosen = set(self.selected_paths)
+        keep = [index for index, path in enumerate(train_data.samples.image_path) if path in chosen]
+        return train_data if len(keep) == len(train_data) else train_data.subsample(keep)
 
     def select(self, train_data: Any) -> list[str]:
         """Return the image paths of the chosen normal training images, sorted."""

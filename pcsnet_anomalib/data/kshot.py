@@ -53,9 +53,8 @@ class KShotMVTecAD(MVTecAD):
     def _create_val_split(self) -> None:
         """Split validation off first, then keep the k-shot images of what remains for training."""
         super()._create_val_split()
-        self.few_shot_paths = self.selection.select(self.train_data)
-        keep = [i for i, path in enumerate(self.train_data.samples.image_path) if path in self.few_shot_paths]
-        self.train_data = self.train_data.subsample(keep)
+        self.train_data = self.selection.subsample(self.train_data)
+        self.few_shot_paths = self.selection.selected_paths
         logger.info(
             "KShotMVTecAD %s: k_shot=%s, seed=%d: %s",
             self.category,
