@@ -1,6 +1,6 @@
 """pcsnet-anomalib: the PCSNet few-shot anomaly detection model as an anomalib plugin."""
 
-from pcsnet_anomalib.callbacks import KShotSelection
+from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
 from pcsnet_anomalib.data import PcsnetDemo
 from pcsnet_anomalib.models import Pcsnet, PcsnetModel
 from pcsnet_anomalib.synthesis import PatchExchange, PatchExchangeConfig, load_preset
@@ -12,6 +12,7 @@ __all__ = [
     "Pcsnet",
     "PcsnetDemo",
     "PcsnetModel",
+    "PredictionWriter",
     "load_preset",
 ]
 __version__ = "0.1.0"

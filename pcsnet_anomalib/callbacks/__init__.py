@@ -1,5 +1,6 @@
-"""Lightning callbacks usable with any anomalib model."""
+"""Lightning callbacks: k-shot selection (any anomalib model) and prediction files."""
 
 from .kshot import KShotSelection
+from .predictions import PredictionWriter
 
-__all__ = ["KShotSelection"]
+__all__ = ["KShotSelection", "PredictionWriter"]

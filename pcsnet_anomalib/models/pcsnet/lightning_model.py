@@ -25,7 +25,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
-from pcsnet_anomalib.callbacks import KShotSelection
+from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
 from pcsnet_anomalib.synthesis import PatchExchange, load_preset, preset_for_datamodule
 
 from .loss import PcsnetLoss
@@ -34,10 +34,18 @@ from .torch_model import PcsnetModel
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "default"
+# What Pcsnet adds to a Lightning checkpoint, beside the weights, prototypes and radius of the state dict.
+CHECKPOINT_KEY = "pcsnet"
+CHECKPOINT_FORMAT = 1
+_DYNAMIC_BUFFERS = ("model.memory.",)  # sized at training time; their shapes come from the checkpoint
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training loss is NaN or infinite, before a broken checkpoint can be written."""
+
+
+class IncompatibleCheckpointError(ValueError):
+    """Raised when a checkpoint was not written by Pcsnet or by a Pcsnet of another architecture."""
 
 
 class Pcsnet(AnomalibModule):
@@ -165,7 +173,78 @@ class Pcsnet(AnomalibModule):
         """anomalib's component callbacks plus the k-shot selection."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, self.k_shot_selection]
+        return [*callbacks, self.k_shot_selection, PredictionWriter()]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "Pcsnet":
+        """Load a trained model; the backbone's weights come from the checkpoint, so nothing is downloaded.
+
+        Arguments given in ``kwargs`` override the saved hyper-parameters as in Lightning.
+        """
+        kwargs.setdefault("pre_trained", False)
+        kwargs.setdefault("backbone_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the pseudo-anomaly preset and the k-shot choice beside the weights."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": self.hparams.get("backbone"),
+            "layers": list(self.hparams.get("layers", ())),
+            "synthesis_preset": self.synthesis_preset,
+            "k_shot": self.k_shot_selection.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that ``checkpoint`` fits this model, then restore the preset and the k-shot choice.
+
+        Runs before Lightning loads the state dict, so a wrong checkpoint fails here with a
+        message instead of a list of mismatched tensors.
+        """
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            msg = (
+                "This checkpoint was not written by Pcsnet (it has no Pcsnet section; its hyper-parameters are "
+                f"{sorted(checkpoint.get('hyper_parameters', {}))}): load it with the model class that trained it."
+            )
+            raise IncompatibleCheckpointError(msg)
+        self._check_state_dict_shapes(checkpoint.get("state_dict", {}), saved)
+        super().on_load_checkpoint(checkpoint)
+        preset_name = saved.get("synthesis_preset")
+        if preset_name is not None and preset_name != self.synthesis_preset:
+            self.synthesis_preset = preset_name
+            self.synthesizer = PatchExchange(load_preset(preset_name), seed=self.seed)
+        self.k_shot_selection.load_state_dict(saved.get("k_shot", {}))
+
+    def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+        """Raise :class:`IncompatibleCheckpointError` naming the differences if the architectures differ."""
+        expected = {
+            name: tuple(tensor.shape)
+            for name, tensor in self.state_dict().items()
+            if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
+        }
+        found = {
+            name: tuple(tensor.shape)
+            for name, tensor in state_dict.items()
+            if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
+        }
+        problems = [f"missing {name}" for name in expected.keys() - found.keys()]
+        problems += [f"unexpected {name}" for name in found.keys() - expected.keys()]
+        problems += [
+            f"{name}: checkpoint {found[name]}, model {shape}"
+            for name, shape in expected.items()
+            if name in found and found[name] != shape
+        ]
+        if problems:
+            msg = (
+                f"The checkpoint was trained with backbone {saved.get('backbone')!r}, layers {saved.get('layers')}, "
+                f"but this Pcsnet has backbone {self.hparams.get('backbone')!r}, layers "
+                f"{list(self.hparams.get('layers', ()))} and other settings; {len(problems)} tensors differ "
+                f"(first: {'; '.join(sorted(problems)[:3])}). Build the model with the checkpoint's settings, "
+                "e.g. Pcsnet.load_from_checkpoint(path)."
+            )
+            raise IncompatibleCheckpointError(msg)
 
     def setup(self, stage: str) -> None:
         """Use the paper's batch size for training unless ``train_batch_size`` is None."""
