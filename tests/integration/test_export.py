@@ -71,8 +71,14 @@ def _fresh_images(trained: Trained) -> torch.Tensor:
     Not the validation images: the adaptive threshold equals one of their scores, so that
     image's label flips with any rounding, in every export alike.
     """
-    root = write_mvtec_dataset(trained.root / "fresh", category=CATEGORY, n_train=0, seed=7)
-    return torch.stack([read_image(path, as_tensor=True) for path in sorted((root / CATEGORY / "test").rglob("*.png"))])
+    return torch.stack([read_image(path, as_tensor=True) for path in _fresh_paths(trained)])
+
+
+def _fresh_paths(trained: Trained) -> list[Path]:
+    root = trained.root / "fresh"
+    if not root.exists():
+        write_mvtec_dataset(root, category=CATEGORY, n_train=0, seed=7)
+    return sorted((root / CATEGORY / "test").rglob("*.png"))
 
 
 def _inputs(trained: Trained) -> Iterator[torch.Tensor]:
@@ -147,7 +153,7 @@ def test_anomalib_inferencers_predict_like_the_model(
     trained: Trained, exported: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in to unpickle a torch export
-    image_path = sorted((trained.datamodule.root / CATEGORY / "test" / "stain").glob("*.png"))[0]
+    image_path = next(path for path in _fresh_paths(trained) if path.parent.name == "stain")
     with torch.no_grad():
         expected = trained.model(read_image(image_path, as_tensor=True).unsqueeze(0))
     torch_result = TorchInferencer(path=exported["torch"], device="cpu").predict(image_path)
