@@ -53,9 +53,7 @@ def _test_maps(model: Pcsnet, datamodule: MVTecAD) -> torch.Tensor:
 # 1. Input handling ---------------------------------------------------------------------------------------------
 
 
-def test_grayscale_rgba_and_16_bit_images_train_and_predict(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_grayscale_rgba_and_16_bit_images_train_and_predict(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_mvtec_dataset(tmp_path / "data", n_train=3, n_test_good=2, n_test_defect=2)
     train = root / "widget/train/good"
     grey = np.asarray(Image.open(train / "000.png").convert("L"))
@@ -176,7 +174,7 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(
 
 
 class _Interrupted(RuntimeError):
-    pass
+    """Stands for a crash or a kill in the middle of training."""
 
 
 class _InterruptAtStep(Callback):
@@ -220,7 +218,9 @@ def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(mvtec
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def test_a_second_run_writes_a_new_version_folder(mvtec_root: Path, tmp_path: Path) -> None:
