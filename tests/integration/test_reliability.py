@@ -173,7 +173,7 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(
 # 3. Interruption -----------------------------------------------------------------------------------------------
 
 
-class _Interrupted(RuntimeError):
+class _InterruptedError(RuntimeError):
     """Stands for a crash or a kill in the middle of training."""
 
 
@@ -186,7 +186,7 @@ class _InterruptAtStep(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, batch_idx: int) -> None:
         del pl_module, batch, batch_idx
         if trainer.global_step == self.step:
-            raise _Interrupted
+            raise _InterruptedError
 
 
 def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(mvtec_root: Path, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(mvtec
 
     reference = fit("reference", [])
     interrupted = _tiny_pcsnet(k_shot=2, num_epochs=4, seed=3)
-    with pytest.raises(_Interrupted):
+    with pytest.raises(_InterruptedError):
         fit("interrupted", [_InterruptAtStep(2)], model=interrupted)
     assert interrupted.global_step == 2
     resumed = fit("interrupted", [], ckpt_path=tmp_path / "interrupted" / "last.ckpt")
