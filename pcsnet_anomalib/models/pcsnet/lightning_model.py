@@ -9,7 +9,8 @@ Example:
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
+from pcsnet_anomalib.data.validation import check_datamodule_files
 from pcsnet_anomalib.synthesis import PatchExchange, load_preset, preset_for_datamodule
 
 from .loss import PcsnetLoss
@@ -125,18 +127,19 @@ class Pcsnet(AnomalibModule):
         self.pfa_lr = pfa_lr
         self.cas_lr = cas_lr
         self.weight_decay = weight_decay
-        self.model = PcsnetModel(
-            backbone=backbone,
-            layers=layers,
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            reduce_channels=rotation_sensitive,
-            grid_stride=grid_stride,
-            cas_channels=cas_channels,
-            prior_channels=prior_channels,
-            n_nearest=n_nearest,
-            blur_sigma=blur_sigma,
-        )
+        with _seeded_torch(seed):  # the initial weights depend on ``seed`` only, not on the global RNG
+            self.model = PcsnetModel(
+                backbone=backbone,
+                layers=layers,
+                pre_trained=pre_trained,
+                backbone_weights=backbone_weights,
+                reduce_channels=rotation_sensitive,
+                grid_stride=grid_stride,
+                cas_channels=cas_channels,
+                prior_channels=prior_channels,
+                n_nearest=n_nearest,
+                blur_sigma=blur_sigma,
+            )
         self.loss = PcsnetLoss(
             nu=nu,
             alpha=alpha,
@@ -144,6 +147,8 @@ class Pcsnet(AnomalibModule):
             official_anomalous_term=official_anomalous_term,
         )
         self._mixing_rng = np.random.default_rng(seed)
+        self._resumed_synthesis_state: dict[str, Any] | None = None
+        self._epoch_start_patches = (0, 0)
 
     @classmethod
     def configure_pre_processor(
@@ -186,7 +191,10 @@ class Pcsnet(AnomalibModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the pseudo-anomaly preset and the k-shot choice beside the weights."""
+        """Save the pseudo-anomaly preset, the k-shot choice and the random states beside the weights.
+
+        The random states (batch mixing, synthesis, torch) let a resumed fit continue the same streams.
+        """
         super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
@@ -194,6 +202,7 @@ class Pcsnet(AnomalibModule):
             "layers": list(self.hparams.get("layers", ())),
             "synthesis_preset": self.synthesis_preset,
             "k_shot": self.k_shot_selection.state_dict(),
+            "random_state": self._random_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -216,6 +225,7 @@ class Pcsnet(AnomalibModule):
             self.synthesis_preset = preset_name
             self.synthesizer = PatchExchange(load_preset(preset_name), seed=self.seed)
         self.k_shot_selection.load_state_dict(saved.get("k_shot", {}))
+        self._load_random_state(saved["random_state"])  # after the preset: it may rebuild the synthesizer
 
     def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
         """Raise :class:`IncompatibleCheckpointError` naming the differences if the architectures differ."""
@@ -247,8 +257,11 @@ class Pcsnet(AnomalibModule):
             raise IncompatibleCheckpointError(msg)
 
     def setup(self, stage: str) -> None:
-        """Use the paper's batch size for training unless ``train_batch_size`` is None."""
+        """Check the image files, seed torch's RNG for fitting, and use the paper's batch size for training."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        check_datamodule_files(datamodule, stage)
+        if stage == "fit":
+            torch.manual_seed(self.seed)  # dropout and the training shuffle; a resumed run restores its saved state
         wanted = self.train_batch_size
         if stage == "fit" and wanted is not None and getattr(datamodule, "train_batch_size", wanted) != wanted:
             logger.info("Pcsnet: training batch size set to %d (train_batch_size).", wanted)
@@ -266,6 +279,7 @@ class Pcsnet(AnomalibModule):
                 )
             self.synthesis_preset = preset_name
             self.synthesizer = PatchExchange(preset, seed=self.seed)
+        self._restore_synthesis_state()
         logger.info("Pcsnet: pseudo-anomaly preset %s.", self.synthesis_preset)
         if not self.model.memory.is_initialized:
             self._initialize_prototypes()
@@ -317,10 +331,61 @@ class Pcsnet(AnomalibModule):
         )
         return {"loss": loss}
 
+    def on_train_epoch_start(self) -> None:
+        """Remember the synthesis counters, to log this epoch's fallback rate at its end."""
+        if self.synthesizer is not None:
+            self._epoch_start_patches = (self.synthesizer.failed_patches, self.synthesizer.total_patches)
+
     def on_train_epoch_end(self) -> None:
-        """Stop after ``num_epochs``."""
+        """Log the synthesis fallback rate; stop after ``num_epochs``."""
+        self._log_synthesis_fallbacks()
         if self.current_epoch + 1 >= self.num_epochs:
             self.trainer.should_stop = True
+
+    def _log_synthesis_fallbacks(self) -> None:
+        """Log the fraction of this epoch's pseudo-anomaly patches that could not be placed (image left normal)."""
+        if self.synthesizer is None:
+            return
+        failed = self.synthesizer.failed_patches - self._epoch_start_patches[0]
+        total = self.synthesizer.total_patches - self._epoch_start_patches[1]
+        if total > 0:
+            self.log("train_synthesis_fallback_rate", failed / total, on_epoch=True)
+            if failed:
+                logger.info("Pcsnet: %d of %d pseudo-anomaly patches could not be placed this epoch.", failed, total)
+
+    def _random_state(self) -> dict[str, Any]:
+        """Random streams of training: batch mixing, synthesis (with its counters) and torch."""
+        synthesis = None
+        if self.synthesizer is not None:
+            synthesis = {
+                "rng": self.synthesizer.rng.bit_generator.state,
+                "failed_patches": self.synthesizer.failed_patches,
+                "total_patches": self.synthesizer.total_patches,
+            }
+        return {
+            "mixing": self._mixing_rng.bit_generator.state,
+            "synthesis": synthesis,
+            "torch": torch.get_rng_state(),
+        }
+
+    def _load_random_state(self, state: dict[str, Any]) -> None:
+        """Restore the states of :meth:`_random_state` (torch's only when resuming a fit)."""
+        self._mixing_rng.bit_generator.state = state["mixing"]
+        self._resumed_synthesis_state = state["synthesis"]
+        if self.synthesizer is not None:
+            self._restore_synthesis_state()
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting:
+            torch.set_rng_state(state["torch"])
+
+    def _restore_synthesis_state(self) -> None:
+        """Apply a synthesis state loaded from a checkpoint (the synthesizer may be built after loading)."""
+        state, self._resumed_synthesis_state = self._resumed_synthesis_state, None
+        if state is None or self.synthesizer is None:
+            return
+        self.synthesizer.rng.bit_generator.state = state["rng"]
+        self.synthesizer.failed_patches = state["failed_patches"]
+        self.synthesizer.total_patches = state["total_patches"]
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""
@@ -349,3 +414,11 @@ class Pcsnet(AnomalibModule):
     def learning_type(self) -> LearningType:
         """ONE_CLASS: PCSNet trains (anomalib's Engine skips fitting FEW_SHOT models)."""
         return LearningType.ONE_CLASS
+
+
+@contextmanager
+def _seeded_torch(seed: int) -> Iterator[None]:
+    """Run a block with torch's global RNG seeded by ``seed``, leaving the caller's RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

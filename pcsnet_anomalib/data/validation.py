@@ -1,0 +1,69 @@
+"""Check a datamodule's image and mask files before a run, so a broken file fails early and by name.
+
+anomalib reads images lazily inside the dataloader with ``PIL.Image.open(path).convert("RGB")``: a
+truncated PNG then fails mid-epoch with ``OSError: image file is truncated``, which does not say
+which file. Grayscale and RGBA images are fine (converted to RGB); 16-bit images are converted too,
+but PIL clips their values at 255, so they come out nearly white: this is reported as a warning.
+"""
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+# Datasets of an anomalib datamodule that each Lightning stage reads.
+STAGE_DATASETS = {"fit": ("train_data", "val_data"), "validate": ("val_data",), "test": ("test_data",)}
+# PIL modes with more than 8 bits per channel; ``convert("RGB")`` clips them at 255.
+WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+MAX_LISTED = 10
+
+
+def dataset_files(dataset: Any) -> list[str]:
+    """Image and (non-empty) mask paths of an anomalib dataset, in sample order."""
+    samples = dataset.samples
+    paths = [str(path) for path in samples.image_path]
+    if "mask_path" in samples:
+        paths += [str(path) for path in samples.mask_path if isinstance(path, str | Path) and str(path)]
+    return paths
+
+
+def check_image_files(paths: Iterable[str]) -> None:
+    """Decode every file; raise ``ValueError`` naming the unreadable ones, warn about 16-bit ones."""
+    broken: list[str] = []
+    wide: list[str] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                mode = image.mode
+        except (OSError, ValueError, SyntaxError) as err:
+            broken.append(f"{path} ({type(err).__name__}: {err})")
+            continue
+        if mode in WIDE_MODES:
+            wide.append(path)
+    if broken:
+        listed = "\n  ".join(broken[:MAX_LISTED])
+        more = f"\n  ... and {len(broken) - MAX_LISTED} more" if len(broken) > MAX_LISTED else ""
+        msg = f"{len(broken)} image file(s) cannot be read; replace or remove them:\n  {listed}{more}"
+        raise ValueError(msg)
+    if wide:
+        logger.warning(
+            "%d image(s) have more than 8 bits per channel (e.g. %s); anomalib's read_image clips them at 255 "
+            "when converting to RGB, so convert them to 8-bit first if their values exceed 255.",
+            len(wide),
+            wide[0],
+        )
+
+
+def check_datamodule_files(datamodule: Any, stage: str) -> None:
+    """Check the files of the datasets ``stage`` reads (no-op for datamodules without anomalib datasets)."""
+    paths: list[str] = []
+    for name in STAGE_DATASETS.get(stage, ()):
+        dataset = getattr(datamodule, name, None)
+        if dataset is not None and hasattr(dataset, "samples"):
+            paths += dataset_files(dataset)
+    check_image_files(dict.fromkeys(paths))
