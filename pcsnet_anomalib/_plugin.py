@@ -27,6 +27,8 @@ MODELS: dict[str, str] = {"Pcsnet": "pcsnet_anomalib.models:Pcsnet"}
 DATAMODULES: dict[str, str] = {
     "PcsnetDemo": "pcsnet_anomalib.data:PcsnetDemo",
     "KShotMVTecAD": "pcsnet_anomalib.data:KShotMVTecAD",
+    "KShotMPDD": "pcsnet_anomalib.data:KShotMPDD",
+    "KShotPcsnetDemo": "pcsnet_anomalib.data:KShotPcsnetDemo",
 }
 """Name set on ``anomalib.data`` -> ``module:attribute`` of an ``AnomalibDataModule`` subclass."""
 

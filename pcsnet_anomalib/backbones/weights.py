@@ -188,3 +188,46 @@ def build_feature_extractor(
     extractor.eval()
     extractor.requires_grad_(False)
     return extractor
+
+
+PACKAGED_LITE0_TIMM_NAME = f"{_PACKAGED_ARCH}.package_in1k"
+"""timm model name whose pretrained weights are the packaged Lite0 file, after :func:`register_packaged_timm_weights`.
+
+anomalib's built-in models (PaDiM, PatchCore, ...) build their backbones with
+``timm.create_model(backbone, pretrained=pre_trained)``; with ``backbone: tf_efficientnet_lite0.package_in1k`` and
+``pre_trained: true`` they get the same offline weights as ``Pcsnet(backbone_weights="package:efficientnet_lite0")``.
+"""
+
+_TIMM_CACHE = Path("~/.cache/pcsnet_anomalib/timm")
+
+
+def register_packaged_timm_weights(cache_dir: str | Path | None = None) -> str:
+    """Register :data:`PACKAGED_LITE0_TIMM_NAME` with timm, pointing at the packaged weights; return the name.
+
+    The packaged file uses EfficientNet-PyTorch key names, so a copy renamed to timm's keys is written once to
+    ``cache_dir`` (default ``~/.cache/pcsnet_anomalib/timm``). The pretrained config (input size, mean, std) is
+    timm's ``tf_efficientnet_lite0.in1k`` with its hub location replaced by that file. Idempotent.
+    """
+    from timm.models import _registry  # timm has no public API to add a weight tag to an architecture
+
+    name = PACKAGED_LITE0_TIMM_NAME
+    target = Path(cache_dir or _TIMM_CACHE).expanduser() / f"{name}.pth"
+    if not target.is_file():
+        state, source = _packaged_lite0_state_dict()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(target)  # atomic: concurrent jobs never read a half-written file
+        logger.info("Wrote %s (timm keys) from %s.", target, source)
+    base = timm.models.get_pretrained_cfg(f"{_PACKAGED_ARCH}.in1k")
+    if base is None:
+        msg = f"timm has no pretrained config for {_PACKAGED_ARCH}.in1k; cannot register {name}."
+        raise RuntimeError(msg)
+    cfg = base.__class__(
+        **{**base.__dict__, "file": str(target), "hf_hub_id": None, "url": None, "tag": "package_in1k"}
+    )
+    _registry._model_pretrained_cfgs[name] = cfg
+    _registry._model_has_pretrained.add(name)
+    if name not in _registry._model_with_tags[_PACKAGED_ARCH]:
+        _registry._model_with_tags[_PACKAGED_ARCH].append(name)
+    return name

@@ -1,0 +1,219 @@
+"""Turn a k-shot benchmark's ``results.csv`` into paper-style tables and a plot.
+
+    python -m pcsnet_anomalib.benchmark.aggregate runs/benchmark/<date>/results.csv --out benchmarks/kshot_demo
+
+writes ``summary.md`` (one table per metric: rows category x model, columns k, cells mean ± std over the
+k-shot seeds in percent, the best model of each category and k in bold), ``summary.csv`` (the same numbers,
+long format, unrounded) and ``image_auroc_vs_k.png`` (category-average image AUROC against k, one line per
+model, error bars = std over seeds).
+
+The ``mean`` row averages the categories within each seed first, then takes mean ± std over seeds, so its
+spread is the seed-to-seed spread of the average (as in the paper), not the spread between categories.
+Standard deviations are sample standard deviations (``ddof=1``); with one seed only the mean is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+MODEL = "model.class_path"
+CATEGORY = "data.init_args.category"
+K_SHOT = "data.init_args.k_shot"
+SEED = "data.init_args.k_shot_seed"
+METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+AVERAGE = "mean"
+PAPER_SUFFIX = " (paper)"
+SUMMARY_COLUMNS = ["metric", "category", "model", "k", "mean", "std", "n"]
+
+
+def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Read and concatenate ``results.csv`` files; short model names; fail early on missing columns."""
+    frames = [pd.read_csv(path) for path in paths]
+    results = pd.concat(frames, ignore_index=True)
+    missing = [column for column in (MODEL, CATEGORY, K_SHOT) if column not in results.columns]
+    if missing:
+        msg = f"{', '.join(map(str, paths))}: missing columns {missing}; is this a k-shot benchmark's results.csv?"
+        raise ValueError(msg)
+    if SEED not in results.columns:
+        results[SEED] = 0
+    results[MODEL] = results[MODEL].astype(str).str.rsplit(".", n=1).str[-1]
+    results[K_SHOT] = results[K_SHOT].astype(int)
+    return results
+
+
+def summarize(results: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
+    """Mean, sample std and count over seeds per (metric, category, model, k), plus the category average.
+
+    Metrics absent from ``results`` are skipped. Several rows for the same (category, model, k, seed) are an error:
+    they would silently count as extra seeds.
+    """
+    keys = [CATEGORY, MODEL, K_SHOT, SEED]
+    duplicated = results.duplicated(subset=keys, keep=False)
+    if duplicated.any():
+        msg = f"Several results for the same category, model, k and seed:\n{results.loc[duplicated, keys]}"
+        raise ValueError(msg)
+    rows = []
+    for metric in (m for m in metrics if m in results.columns):
+        values = results[[*keys, metric]].dropna(subset=[metric])
+        per_category = values.groupby([CATEGORY, MODEL, K_SHOT])[metric].agg(["mean", "std", "count"]).reset_index()
+        per_seed_average = values.groupby([MODEL, K_SHOT, SEED])[metric].mean().reset_index()
+        average = per_seed_average.groupby([MODEL, K_SHOT])[metric].agg(["mean", "std", "count"]).reset_index()
+        average[CATEGORY] = AVERAGE
+        for frame in (per_category, average):
+            frame = frame.rename(columns={CATEGORY: "category", MODEL: "model", K_SHOT: "k", "count": "n"})
+            frame["metric"] = metric
+            rows.append(frame[SUMMARY_COLUMNS])
+    if not rows:
+        msg = f"None of the metrics {list(metrics)} is in the results (columns: {list(results.columns)})."
+        raise ValueError(msg)
+    summary = pd.concat(rows, ignore_index=True)
+    categories = [*sorted(set(summary["category"]) - {AVERAGE}), AVERAGE]
+    summary["category"] = pd.Categorical(summary["category"], categories=categories, ordered=True)
+    summary = summary.sort_values(["metric", "category", "model", "k"], key=_metric_order(metrics))
+    summary["category"] = summary["category"].astype(str)
+    return summary.reset_index(drop=True)
+
+
+def _metric_order(metrics: Sequence[str]):  # noqa: ANN202  (a pandas sort key)
+    order = {metric: index for index, metric in enumerate(metrics)}
+
+    def key(column: pd.Series) -> pd.Series:
+        return column.map(order) if column.name == "metric" else column
+
+    return key
+
+
+def load_paper(path: str | Path, dataset: str) -> pd.DataFrame:
+    """Reference numbers (``dataset, category, model, k, metric, mean, std``, in percent) as summary rows (0-1)."""
+    paper = pd.read_csv(path, comment="#")
+    paper = paper[paper["dataset"] == dataset].copy()
+    if paper.empty:
+        msg = f"{path} has no rows for dataset {dataset!r}."
+        raise ValueError(msg)
+    paper["model"] = paper["model"] + PAPER_SUFFIX
+    paper["mean"] = paper["mean"] / 100
+    paper["std"] = paper["std"] / 100
+    paper["n"] = pd.NA
+    return paper[SUMMARY_COLUMNS]
+
+
+def _cell(mean: float, std: float, bold: bool) -> str:
+    text = f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"**{text}**" if bold else text
+
+
+def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None) -> str:
+    """One Markdown table per metric: rows category x model, columns k; the best mean per category and k in bold.
+
+    ``paper`` rows are shown under the model they belong to and never compete for bold.
+    """
+    blocks = []
+    combined = summary if paper is None else pd.concat([summary, paper], ignore_index=True)
+    ks = sorted(summary["k"].unique())
+    categories = list(dict.fromkeys(summary["category"]))
+    for metric in dict.fromkeys(summary["metric"]):
+        measured = summary[summary["metric"] == metric]
+        best = measured.groupby(["category", "k"])["mean"].max()
+        table = combined[combined["metric"] == metric]
+        models = sorted(table["model"].unique(), key=lambda name: (name.removesuffix(PAPER_SUFFIX), name))
+        lines = [
+            f"### {metric} (%)",
+            "",
+            "| category | model | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in ks) + " |",
+        ]
+        for category in categories:
+            for model in models:
+                rows = table[(table["category"] == category) & (table["model"] == model)].set_index("k")
+                if rows.empty:
+                    continue
+                cells = []
+                for k in ks:
+                    if k not in rows.index:
+                        cells.append("")
+                        continue
+                    mean, std = float(rows.at[k, "mean"]), float(rows.at[k, "std"])
+                    is_best = not model.endswith(PAPER_SUFFIX) and math.isclose(mean, best[(category, k)])
+                    cells.append(_cell(mean, std, is_best))
+                lines.append(f"| {category} | {model} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    seeds = summary["n"].max()
+    header = (
+        f"Mean ± sample std over {seeds} k-shot seed(s), in percent; bold: best measured model per category and k. "
+        f"`{AVERAGE}`: average over categories within each seed, then mean ± std over seeds."
+    )
+    return header + "\n\n" + "\n\n".join(blocks) + "\n"
+
+
+def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None = None) -> None:
+    """Category-average image AUROC against k, one line per model, error bars = std over seeds."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    average = summary[(summary["metric"] == "image_AUROC") & (summary["category"] == AVERAGE)]
+    if average.empty:
+        msg = "No image_AUROC in the summary: cannot plot image AUROC against k."
+        raise ValueError(msg)
+    figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for model, rows in average.groupby("model"):
+        rows = rows.sort_values("k")
+        axes.errorbar(
+            rows["k"], 100 * rows["mean"], yerr=100 * rows["std"].fillna(0), marker="o", capsize=3, label=model
+        )
+    ks = sorted(average["k"].unique())
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(ks, [str(k) for k in ks])
+    axes.set_xlabel("k (normal training images)")
+    axes.set_ylabel("image AUROC (%), category average")
+    axes.set_title(title or "Image AUROC against k")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def aggregate(
+    results: Sequence[str | Path],
+    out: str | Path,
+    title: str | None = None,
+    paper: str | Path | None = None,
+    paper_dataset: str | None = None,
+) -> pd.DataFrame:
+    """Write ``summary.md``, ``summary.csv`` and ``image_auroc_vs_k.png`` into ``out``; return the summary."""
+    if (paper is None) != (paper_dataset is None):
+        msg = "Give both --paper and --paper-dataset, or neither."
+        raise ValueError(msg)
+    summary = summarize(load_results(results))
+    reference = load_paper(paper, paper_dataset) if paper is not None and paper_dataset is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv", index=False)
+    heading = f"# {title}\n\n" if title else ""
+    (out / "summary.md").write_text(heading + to_markdown(summary, reference), encoding="utf-8")
+    if "image_AUROC" in set(summary["metric"]):
+        plot_image_auroc(summary, out / "image_auroc_vs_k.png", title)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", help="results.csv file(s) written by the k-shot benchmark")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--title", help="title of the Markdown file and the plot")
+    parser.add_argument("--paper", help="CSV of reference numbers (benchmarks/paper_results.csv)")
+    parser.add_argument("--paper-dataset", help="dataset of --paper to show, e.g. mvtec_ad")
+    args = parser.parse_args(argv)
+    aggregate(args.results, args.out, args.title, args.paper, args.paper_dataset)
+
+
+if __name__ == "__main__":
+    main()

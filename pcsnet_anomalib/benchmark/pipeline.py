@@ -1,0 +1,222 @@
+"""The k-shot protocol as an anomalib benchmark pipeline: anomalib's config format, jobs and ``results.csv``.
+
+``anomalib benchmark`` (2.7) cannot hold this protocol for a mixed model grid, for reasons in its source:
+``BenchmarkJob.collect`` needs the same ``init_args`` keys for every model (PaDiM needs ``n_features`` for
+backbones it does not know; CFA has no ``layers``/``pre_trained``), each job builds ``Engine`` without trainer
+arguments (CFA would train Lightning's default 1000 epochs), ``init_args`` cannot carry objects (so neither the
+input size nor the metrics can be set), and every model keeps its own input size (224 crop or 256).
+:class:`KShotBenchmark` is anomalib's ``Benchmark`` with a job that fixes exactly those points, configured by a
+top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmark`` sections:
+
+.. code-block:: yaml
+
+    protocol:
+      image_size: [256, 256]        # every model: resize to this ...
+      center_crop_size: [224, 224]  # ... then centre-crop (null: no crop); normalisation stays each model's own
+      aupro: true                   # add pixel AUPRO to each model's test metrics
+      trainer:                      # Engine/Trainer arguments per model class (a model's trainer_arguments win)
+        Cfa: {max_epochs: 30}
+      register_packaged_weights: true  # timm name tf_efficientnet_lite0.package_in1k = the offline Lite0 weights
+
+The k-shot subset is the datamodule's (``KShotMVTecAD``, ``KShotPcsnetDemo``), so it is the same for every
+model of a (category, k, seed) cell. Nothing is selected on test data: there is no early stopping or checkpoint
+selection, every job tests its last weights, and the reported metrics do not depend on thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import pandas as pd
+from anomalib.data import get_datamodule
+from anomalib.engine import Engine
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.models import AnomalibModule, get_model
+from anomalib.pipelines.benchmark import Benchmark
+from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+from anomalib.pipelines.benchmark.job import BenchmarkJob
+from anomalib.pipelines.components import Runner
+from anomalib.pipelines.components.runners import SerialRunner
+from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+from anomalib.pipelines.types import PREV_STAGE_RESULT
+from anomalib.pre_processing import PreProcessor
+from anomalib.utils.config import flatten_dict
+from anomalib.utils.logging import hide_output
+from lightning import seed_everything
+from torchvision.transforms.v2 import CenterCrop, Compose, Resize, Transform
+
+from pcsnet_anomalib.backbones.weights import register_packaged_timm_weights
+
+logger = logging.getLogger(__name__)
+
+_GEOMETRIC = (Resize, CenterCrop)
+
+
+@dataclass
+class Protocol:
+    """Settings shared by every job of a k-shot benchmark (the config's ``protocol`` section)."""
+
+    image_size: tuple[int, int] | None = (256, 256)
+    center_crop_size: tuple[int, int] | None = (224, 224)
+    aupro: bool = True
+    trainer: dict[str, dict[str, Any]] = field(default_factory=dict)
+    register_packaged_weights: bool = False
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> Protocol:
+        """Build from the YAML section, rejecting unknown keys by name."""
+        section = dict(section or {})
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            msg = f"Unknown protocol keys {unknown}; valid keys: {sorted(cls.__dataclass_fields__)}."
+            raise ValueError(msg)
+        for key in ("image_size", "center_crop_size"):
+            if section.get(key) is not None:
+                section[key] = tuple(section[key])
+        return cls(**section)
+
+    def pre_processor(self, model: AnomalibModule) -> PreProcessor | None:
+        """The model's default pre-processor with its resize/crop replaced by the protocol's (None: keep it)."""
+        if self.image_size is None:
+            return None
+        default = model.configure_pre_processor()
+        steps: Sequence[Transform] = getattr(default.transform, "transforms", [default.transform])
+        kept = [step for step in steps if not isinstance(step, _GEOMETRIC)]
+        if any("Crop" in type(step).__name__ for step in kept):
+            msg = f"{type(model).__name__}'s default pre-processor crops in a way the protocol cannot replace: {steps}"
+            raise ValueError(msg)
+        geometry: list[Transform] = [Resize(self.image_size, antialias=True)]
+        if self.center_crop_size is not None:
+            geometry.append(CenterCrop(self.center_crop_size))
+        return PreProcessor(transform=Compose([*geometry, *kept]))
+
+    def evaluator(self) -> Evaluator:
+        """anomalib's default test metrics, plus pixel AUPRO when ``aupro`` is set."""
+        metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        if self.aupro:
+            metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
+        return Evaluator(test_metrics=metrics)
+
+    def build_model(self, config: Mapping[str, Any]) -> AnomalibModule:
+        """Instantiate a model of the grid with anomalib's ``get_model``, then set the protocol's components.
+
+        They are set after construction because ``get_model`` keeps ``init_args`` as plain (OmegaConf) values.
+        """
+        model = get_model(dict(config))
+        model.evaluator = self.evaluator()
+        pre_processor = self.pre_processor(model)
+        if pre_processor is not None:
+            model.pre_processor = pre_processor
+        return model
+
+
+class KShotBenchmarkJob(BenchmarkJob):
+    """anomalib's benchmark job, with per-model trainer arguments and results that may have different keys."""
+
+    def __init__(
+        self,
+        accelerator: str,
+        model: AnomalibModule,
+        datamodule: Any,
+        seed: int,
+        flat_cfg: dict,
+        trainer_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, model=model, datamodule=datamodule, seed=seed, flat_cfg=flat_cfg)
+        self.trainer_args = dict(trainer_args or {})
+
+    @hide_output
+    def run(self, task_id: int | None = None) -> dict[str, Any]:
+        """Fit, then test the last weights; return durations, the flat config and the test metrics."""
+        del task_id  # serial runner only
+        job_start = time.time()
+        with TemporaryDirectory() as temp_dir:
+            seed_everything(self.seed)
+            engine = Engine(
+                accelerator=self.accelerator,
+                devices=1,
+                default_root_dir=temp_dir,
+                logger=False,
+                **self.trainer_args,
+            )
+            fit_start = time.time()
+            engine.fit(self.model, self.datamodule)
+            test_start = time.time()
+            test_results = engine.test(self.model, self.datamodule)
+        job_end = time.time()
+        output = {
+            "accelerator": self.accelerator,
+            "job_duration": job_end - job_start,
+            "fit_duration": test_start - fit_start,
+            "test_duration": job_end - test_start,
+            **self.flat_cfg,
+            **test_results[0],
+        }
+        logger.info(f"Completed with result {output}")
+        return output
+
+    @staticmethod
+    def collect(results: list[dict[str, Any]]) -> pd.DataFrame:
+        """One row per job; a key that only some models have (``layers``, ``n_features``) is empty elsewhere."""
+        return pd.DataFrame(results)
+
+
+class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
+    """Generate one :class:`KShotBenchmarkJob` per grid point, models built under the :class:`Protocol`."""
+
+    def __init__(self, accelerator: str, protocol: Protocol) -> None:
+        super().__init__(accelerator)
+        self.protocol = protocol
+
+    @property
+    def job_class(self) -> type:
+        """:class:`KShotBenchmarkJob`."""
+        return KShotBenchmarkJob
+
+    @hide_output
+    def generate_jobs(self, args: dict, previous_stage_result: PREV_STAGE_RESULT) -> Generator[KShotBenchmarkJob]:
+        """Jobs for every combination of the grids in ``args`` (the config's ``benchmark`` section)."""
+        del previous_stage_result
+        for container in get_iterator_from_grid_dict(args):
+            model_name = str(container["model"]["class_path"]).rsplit(".", 1)[-1]
+            yield KShotBenchmarkJob(
+                accelerator=self.accelerator,
+                seed=container["seed"],
+                model=self.protocol.build_model(container["model"]),
+                datamodule=get_datamodule(container["data"]),
+                flat_cfg=flatten_dict(container),
+                trainer_args=self.protocol.trainer.get(model_name),
+            )
+
+
+class KShotBenchmark(Benchmark):
+    """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs one after another."""
+
+    @staticmethod
+    def _setup_runners(args: dict) -> list[Runner]:
+        accelerator = args.get("accelerator", "cpu")
+        if accelerator not in {"cpu", "cuda"}:
+            msg = f"Unsupported accelerator {accelerator!r}: use 'cpu' or 'cuda' (one job at a time)."
+            raise ValueError(msg)
+        protocol = Protocol.from_config(args.get("protocol"))
+        if protocol.register_packaged_weights:
+            register_packaged_timm_weights()
+        return [SerialRunner(KShotBenchmarkJobGenerator(accelerator, protocol))]
+
+
+def main() -> None:
+    """Command-line entry: ``python -m pcsnet_anomalib.benchmark --config <file>``."""
+    import pcsnet_anomalib  # noqa: F401  (registers Pcsnet and the k-shot datamodules on anomalib)
+
+    logging.getLogger("pcsnet_anomalib").setLevel(logging.INFO)  # k-shot choices and job results in the log
+    KShotBenchmark().run()

