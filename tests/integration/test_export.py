@@ -153,6 +153,7 @@ def test_anomalib_inferencers_predict_like_the_model(
     trained: Trained, exported: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in to unpickle a torch export
+    monkeypatch.chdir(trained.root)  # OpenVINOInferencer writes ./openvino_cache
     image_path = next(path for path in _fresh_paths(trained) if path.parent.name == "stain")
     with torch.no_grad():
         expected = trained.model(read_image(image_path, as_tensor=True).unsqueeze(0))
