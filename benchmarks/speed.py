@@ -36,6 +36,8 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pcsnet_anomalib.parity import import_authors_modules
+
 # A CPU deployment preset: a 32-cell grid at 224 px, a 256-channel CAS and a 100-distance prior.
 FAST_PRESET = {"grid_stride": 7.0, "cas_channels": 256, "prior_channels": 100}
 MODELS = ("pcsnet", "pcsnet-fast", "authors", "cfa", "patchcore", "padim")
@@ -45,30 +47,6 @@ FIT_IMAGES = 4
 
 def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _import_authors(path: Path) -> SimpleNamespace:
-    """The official modules, with ``AddCoords`` kept on the CPU."""
-    sys.path.insert(0, str(path))
-    import casnet
-    import cnn.resnet
-    import utils.adaptor
-    import utils.coordconv
-    from utils.metric import gaussian_smooth
-
-    original_init = utils.coordconv.AddCoords.__init__
-
-    def cpu_init(self: nn.Module, rank: int, with_r: bool = False, use_cuda: bool = True) -> None:
-        del use_cuda
-        original_init(self, rank, with_r, use_cuda=False)
-
-    utils.coordconv.AddCoords.__init__ = cpu_init
-    return SimpleNamespace(
-        adaptor=utils.adaptor.adaptor,
-        casnet=casnet.Model,
-        backbone=cnn.resnet.wide_resnet50_2,
-        gaussian_smooth=gaussian_smooth,
-    )
 
 
 class _Bench:
@@ -118,7 +96,7 @@ def _build_authors(args: argparse.Namespace, fit: torch.Tensor) -> _Bench:
     if args.image_size != 224 or args.backbone != "wide_resnet50_2":
         msg = "The official modules are fixed to wide_resnet50_2 at 224 px."
         raise ValueError(msg)
-    authors = _import_authors(args.authors_code)
+    authors = import_authors_modules(args.authors_code)
     backbone = authors.backbone(pretrained=False).eval()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -12,8 +12,11 @@ same logic against a re-implementation of their CAS naming, without their code.
 """
 
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -165,3 +168,34 @@ def format_report(differences: Iterable[Difference]) -> str:
             f"| {'yes' if d.passed else ('deviation' if d.deviation else 'NO')} | {d.note} |",
         )
     return "\n".join(rows)
+
+
+def import_authors_modules(path: Path) -> SimpleNamespace:
+    """Import the official modules from a checkout at ``path``, with their ``AddCoords`` kept on the CPU.
+
+    Returns ``adaptor``, ``casnet`` (their ``Model``), ``backbone`` (their ``wide_resnet50_2``) and
+    ``gaussian_smooth``. Their files are not edited: ``AddCoords.__init__`` is wrapped at run time.
+    """
+    if not (path / "casnet.py").is_file() or not (path / "utils" / "adaptor.py").is_file():
+        msg = f"{path} does not look like a PCSNet checkout (casnet.py, utils/adaptor.py expected)."
+        raise FileNotFoundError(msg)
+    sys.path.insert(0, str(path))
+    import casnet
+    import cnn.resnet
+    import utils.adaptor
+    import utils.coordconv
+    from utils.metric import gaussian_smooth
+
+    original_init = utils.coordconv.AddCoords.__init__
+
+    def cpu_init(self: nn.Module, rank: int, with_r: bool = False, use_cuda: bool = True) -> None:
+        del use_cuda
+        original_init(self, rank, with_r, use_cuda=False)
+
+    utils.coordconv.AddCoords.__init__ = cpu_init
+    return SimpleNamespace(
+        adaptor=utils.adaptor.adaptor,
+        casnet=casnet.Model,
+        backbone=cnn.resnet.wide_resnet50_2,
+        gaussian_smooth=gaussian_smooth,
+    )

@@ -33,37 +33,11 @@ from pcsnet_anomalib.parity import (
     compare,
     copy_mapped_weights,
     format_report,
+    import_authors_modules,
 )
 
 IMAGE_SIZE = 224  # hard-coded in the official CAS and descriptor
 ROTATION_CATEGORY, PLAIN_CATEGORY = "screw", "bottle"
-
-
-def _import_authors(path: Path) -> dict[str, object]:
-    """Import the official modules from ``path``, with ``AddCoords`` kept on the CPU."""
-    if not (path / "casnet.py").is_file() or not (path / "utils" / "adaptor.py").is_file():
-        msg = f"{path} does not look like a PCSNet checkout (casnet.py, utils/adaptor.py expected)."
-        raise FileNotFoundError(msg)
-    sys.path.insert(0, str(path))
-    import casnet
-    import cnn.resnet
-    import utils.adaptor
-    import utils.coordconv
-    from utils.metric import gaussian_smooth
-
-    original_init = utils.coordconv.AddCoords.__init__
-
-    def cpu_init(self: nn.Module, rank: int, with_r: bool = False, use_cuda: bool = True) -> None:
-        del use_cuda
-        original_init(self, rank, with_r, use_cuda=False)
-
-    utils.coordconv.AddCoords.__init__ = cpu_init
-    return {
-        "adaptor": utils.adaptor.adaptor,
-        "casnet": casnet.Model,
-        "wide_resnet50_2": cnn.resnet.wide_resnet50_2,
-        "gaussian_smooth": gaussian_smooth,
-    }
 
 
 def _no_dropout(*modules: nn.Module) -> None:
@@ -76,7 +50,7 @@ def _no_dropout(*modules: nn.Module) -> None:
 
 def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> tuple[list[Difference], list[str]]:
     """Build both sides, run inference and one training step's losses; return the differences and notes."""
-    authors = _import_authors(authors_code)
+    authors = import_authors_modules(authors_code)
     torch.manual_seed(seed)
     ours = PcsnetModel(backbone="wide_resnet50_2", pre_trained=False, reduce_channels=rotation_sensitive)
 
@@ -89,7 +63,7 @@ def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> 
             module.bias.data.uniform_(-0.5, 0.5)
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
-    their_backbone = authors["wide_resnet50_2"](pretrained=False).eval()
+    their_backbone = authors.backbone(pretrained=False).eval()
     timm_state = {k.removeprefix("feature_extractor."): v for k, v in ours.feature_extractor.state_dict().items()}
     missing = their_backbone.load_state_dict(timm_state, strict=False).missing_keys
     if any(k.startswith(("conv1", "bn1", "layer1", "layer2", "layer3")) for k in missing):
@@ -131,9 +105,9 @@ def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> 
     # in training mode (as our Lightning module does on train start).
     category = ROTATION_CATEGORY if rotation_sensitive else PLAIN_CATEGORY
     with contextlib.redirect_stderr(io.StringIO()):  # their tqdm bar
-        adaptor = authors["adaptor"](features_of, [(images, None, None, None, None, None)], 1, "cpu", category)
+        adaptor = authors.adaptor(features_of, [(images, None, None, None, None, None)], 1, "cpu", category)
     with contextlib.redirect_stdout(io.StringIO()):  # their "INFO: Using ResNet" print
-        cas = authors["casnet"]()
+        cas = authors.casnet()
     copy_mapped_weights(adaptor, ours, lambda k: authors_adaptor_key(k, rotation_sensitive), ("radius", "descriptor."))
     copy_mapped_weights(cas, ours, authors_cas_key, ("cas.",))
     ours.train()
@@ -151,7 +125,7 @@ def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> 
         their_descriptor, _ = adaptor.Descriptor(features_of(images))
         their_prior, their_guide = adaptor(features_of(images), 2, None)
         their_out = cas(their_guide, their_prior)
-        their_map = torch.from_numpy(authors["gaussian_smooth"](their_out.mean(dim=1).numpy(), sigma=4))
+        their_map = torch.from_numpy(authors.gaussian_smooth(their_out.mean(dim=1).numpy(), sigma=4))
 
         descriptor = ours.describe(images)
         nearest = ours._nearest(descriptor, ours.prior_channels)
