@@ -229,16 +229,7 @@ class Pcsnet(AnomalibModule):
 
     def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
         """Raise :class:`IncompatibleCheckpointError` naming the differences if the architectures differ."""
-        expected = {
-            name: tuple(tensor.shape)
-            for name, tensor in self.state_dict().items()
-            if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
-        }
-        found = {
-            name: tuple(tensor.shape)
-            for name, tensor in state_dict.items()
-            if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
-        }
+        expected, found = _architecture_shapes(self.state_dict()), _architecture_shapes(state_dict)
         problems = [f"missing {name}" for name in expected.keys() - found.keys()]
         problems += [f"unexpected {name}" for name in found.keys() - expected.keys()]
         problems += [
@@ -414,6 +405,15 @@ class Pcsnet(AnomalibModule):
     def learning_type(self) -> LearningType:
         """ONE_CLASS: PCSNet trains (anomalib's Engine skips fitting FEW_SHOT models)."""
         return LearningType.ONE_CLASS
+
+
+def _architecture_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the torch model's tensors that the architecture fixes (not the training-sized prototypes)."""
+    return {
+        name: tuple(tensor.shape)
+        for name, tensor in state_dict.items()
+        if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
+    }
 
 
 @contextmanager
