@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,26 +190,27 @@ class _InterruptAtStep(Callback):
             raise _InterruptedError
 
 
-def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(mvtec_root: Path, tmp_path: Path) -> None:
-    """k=2 at batch size 2 (the paper's 2-shot setting): one step per epoch, interrupted after step 2 of 4.
-
-    Lightning restarts an epoch's data iteration on resume (consumed batches are not skipped), so a resume is exact
-    at step boundaries that end an epoch; see the model README ("Determinism").
-    """
+@pytest.mark.parametrize("interrupt_at_step", [1, 3], ids=["mid-epoch-0", "mid-epoch-1"])
+def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(
+    mvtec_root: Path, tmp_path: Path, interrupt_at_step: int
+) -> None:
+    """k=4 at batch size 2: two steps per epoch, two epochs; killed in the middle of an epoch, resumed from last.ckpt."""
 
     def fit(name: str, callbacks: list[Callback], ckpt_path: Path | None = None, model: Pcsnet | None = None) -> Pcsnet:
-        model = model or _tiny_pcsnet(k_shot=2, num_epochs=4, seed=3)
+        model = model or _tiny_pcsnet(k_shot=4, num_epochs=2, seed=3)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_last=True, every_n_train_steps=1)
-        engine = _engine(tmp_path / f"run_{name}", max_epochs=4, callbacks=[checkpoint, *callbacks])
+        engine = _engine(tmp_path / f"run_{name}", max_epochs=2, callbacks=[checkpoint, *callbacks])
         engine.fit(model, datamodule=_datamodule(mvtec_root), ckpt_path=ckpt_path)
         return model
 
     reference = fit("reference", [])
-    interrupted = _tiny_pcsnet(k_shot=2, num_epochs=4, seed=3)
+    interrupted = _tiny_pcsnet(k_shot=4, num_epochs=2, seed=3)
     with pytest.raises(_InterruptedError):
-        fit("interrupted", [_InterruptAtStep(2)], model=interrupted)
-    assert interrupted.global_step == 2
-    resumed = fit("interrupted", [], ckpt_path=tmp_path / "interrupted" / "last.ckpt")
+        fit("interrupted", [_InterruptAtStep(interrupt_at_step)], model=interrupted)
+    assert interrupted.global_step == interrupt_at_step
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*dataloader is not resumable.*")
+        resumed = fit("interrupted", [], ckpt_path=tmp_path / "interrupted" / "last.ckpt")
 
     assert resumed.global_step == reference.global_step == 4
     expected, actual = reference.model.state_dict(), resumed.model.state_dict()

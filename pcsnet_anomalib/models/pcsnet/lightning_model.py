@@ -26,7 +26,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
-from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
+from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter, ResumableTrainLoader
 from pcsnet_anomalib.data.validation import check_datamodule_files
 from pcsnet_anomalib.synthesis import PatchExchange, load_preset, preset_for_datamodule
 
@@ -175,10 +175,10 @@ class Pcsnet(AnomalibModule):
         return PreProcessor(transform=Compose(transforms))
 
     def configure_callbacks(self) -> Sequence[Callback]:
-        """anomalib's component callbacks plus the k-shot selection."""
+        """anomalib's component callbacks plus the k-shot selection, a resumable training loader, prediction files."""
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, self.k_shot_selection, PredictionWriter()]
+        return [*callbacks, self.k_shot_selection, ResumableTrainLoader(seed=self.seed), PredictionWriter()]
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "Pcsnet":
@@ -252,7 +252,7 @@ class Pcsnet(AnomalibModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_datamodule_files(datamodule, stage)
         if stage == "fit":
-            torch.manual_seed(self.seed)  # dropout and the training shuffle; a resumed run restores its saved state
+            torch.manual_seed(self.seed)  # dropout and loader workers; a resumed run restores its saved state
         wanted = self.train_batch_size
         if stage == "fit" and wanted is not None and getattr(datamodule, "train_batch_size", wanted) != wanted:
             logger.info("Pcsnet: training batch size set to %d (train_batch_size).", wanted)
