@@ -3,10 +3,10 @@
 A plain ``DataLoader(shuffle=True)`` draws each epoch's order from torch's global RNG and has no
 state, so Lightning restarts a resumed epoch from its first batch: the resumed run sees other
 batches than the interrupted one. Here the order of an epoch is a function of ``(seed, epoch)``
-alone (as are the loader workers' base seeds, which a plain loader draws from the global RNG
-when an epoch starts, shifting it on resume) and the loader records how many batches of it were served (Lightning saves that with
-``state_dict`` in every checkpoint and restores it with ``load_state_dict``), so a resumed epoch
-serves exactly the batches that were left.
+alone (so are the workers' base seeds, which a plain loader draws from the global RNG when an
+epoch starts, shifting it on resume), and the loader records how many batches of the epoch it
+served: Lightning saves that with ``state_dict`` in every checkpoint and restores it with
+``load_state_dict``, so a resumed epoch serves exactly the batches that were left.
 """
 
 from collections.abc import Iterator

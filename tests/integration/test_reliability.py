@@ -194,7 +194,7 @@ class _InterruptAtStep(Callback):
 def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(
     mvtec_root: Path, tmp_path: Path, interrupt_at_step: int
 ) -> None:
-    """k=4 at batch size 2: two steps per epoch, two epochs; killed in the middle of an epoch, resumed from last.ckpt."""
+    """k=4 at batch size 2: two steps per epoch, two epochs; killed in mid-epoch, resumed from last.ckpt."""
 
     def fit(name: str, callbacks: list[Callback], ckpt_path: Path | None = None, model: Pcsnet | None = None) -> Pcsnet:
         model = model or _tiny_pcsnet(k_shot=4, num_epochs=2, seed=3)
