@@ -116,6 +116,16 @@ def test_images_too_small_for_the_prior_fail_before_training(tmp_path: Path) -> 
     assert model.global_step == 0
 
 
+def test_images_too_small_for_the_map_blur_fail_at_the_first_step(tmp_path: Path) -> None:
+    root = write_mvtec_dataset(tmp_path / "data", size=16, n_train=2, n_test_good=1, n_test_defect=1)
+    pre_processor = Pcsnet.configure_pre_processor(image_size=(16, 16))
+    model = _tiny_pcsnet(k_shot=2, prior_channels=16, blur_sigma=4.0, pre_processor=pre_processor)
+    with pytest.raises(ValueError, match=r"\(16, 16\) px are too small for the anomaly-map blur"):
+        _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
+    assert model.global_step == 0
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 # 2. Degenerate training ----------------------------------------------------------------------------------------
 
 

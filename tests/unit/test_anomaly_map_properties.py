@@ -1,5 +1,6 @@
 """Property tests of the anomaly-map post-processing: the map generator and anomalib's normalisation of its scores."""
 
+import pytest
 import torch
 from anomalib.data import InferenceBatch
 from hypothesis import given, settings
@@ -13,10 +14,21 @@ from tests.conftest import TINY_MODEL
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 
 
+@pytest.mark.parametrize(("sigma", "min_size"), [(4.0, 17), (1.0, 5), (0.0, 1)])
+def test_the_smallest_map_the_blur_takes_works_and_a_smaller_one_is_refused(sigma: float, min_size: int) -> None:
+    generator = AnomalyMapGenerator(sigma=sigma)
+    assert generator.min_size == min_size
+    generator.check_size((min_size, 40))
+    assert generator(torch.rand(1, 1, 3, 3), (min_size, 40)).shape == (1, 1, min_size, 40)
+    if min_size > 1:
+        with pytest.raises(ValueError, match=rf"too small for the anomaly-map blur .*at least {min_size} px"):
+            generator.check_size((40, min_size - 1))
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     grid=st.tuples(st.integers(1, 9), st.integers(1, 9)),
-    image_size=st.tuples(st.integers(34, 48), st.integers(34, 48)),  # above the sigma-4 blur's padding (16)
+    image_size=st.tuples(st.integers(17, 48), st.integers(17, 48)),  # the sigma-4 blur takes 17 px and more
     sigma=st.sampled_from([0.0, 0.5, 1.0, 4.0]),
     data=st.data(),
 )

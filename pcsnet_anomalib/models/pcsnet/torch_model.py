@@ -258,6 +258,7 @@ class PcsnetModel(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.input_mean.shape[1]:
             msg = f"Expected images of shape (B, {self.input_mean.shape[1]}, H, W), got {tuple(images.shape)}."
             raise ValueError(msg)
+        self.anomaly_map_generator.check_size(images.shape[-2:])
         grid = self.grid_size(images.shape[-2:])
         if self.memory.is_initialized and grid[0] * grid[1] != self.memory.num_prototypes:
             msg = (
