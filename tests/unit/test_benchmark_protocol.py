@@ -110,14 +110,14 @@ def test_shipped_benchmark_configs_follow_the_protocol(name: str) -> None:
     config = yaml.safe_load((REPO / "configs" / name).read_text())
     protocol = Protocol.from_config(config["protocol"])
     demo = name == "benchmark_kshot_demo.yaml"
-    assert protocol.image_size == ((128, 128) if demo else (256, 256))  # the demo: smaller, for a CPU budget
-    assert protocol.center_crop_size == (None if demo else (224, 224))
+    assert (protocol.image_size, protocol.center_crop_size) == ((256, 256), (224, 224))  # the paper's input
     assert protocol.aupro
     models = {entry["class_path"]: entry["init_args"] for entry in config["benchmark"]["model"]["grid"]}
     assert {"Pcsnet", "Padim", "Patchcore"} <= set(models)
     if not demo:
         assert "Cfa" in models
-    assert protocol.trainer["Pcsnet"]["max_epochs"] == models["Pcsnet"].get("num_epochs", 50)
+    assert protocol.trainer["Pcsnet"]["max_epochs"] == models["Pcsnet"].get("num_epochs", 50) == 50  # the paper's
+    assert models["Pcsnet"]["k_shot"] is None  # the k-shot datamodule chooses the images
     backbones = {args["backbone"] for model, args in models.items() if model != "Cfa"}
     assert len(backbones) == 1  # one backbone for every model that can choose it
     data = config["benchmark"]["data"]["init_args"]
