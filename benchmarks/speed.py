@@ -33,13 +33,16 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pcsnet_anomalib.parity import import_authors_modules
 
-# A CPU deployment preset: a 32-cell grid at 224 px, a 256-channel CAS and a 100-distance prior.
-FAST_PRESET = {"grid_stride": 7.0, "cas_channels": 256, "prior_channels": 100}
+REPO = Path(__file__).resolve().parents[1]
+# The fast CPU preset (coarser grid, narrower CAS, shorter prior), as shipped for anomalib's CLI.
+_FAST_CONFIG = yaml.safe_load((REPO / "configs" / "mvtec_ad_fast.yaml").read_text())["model"]["init_args"]
+FAST_PRESET = {name: _FAST_CONFIG[name] for name in ("grid_stride", "cas_channels", "prior_channels")}
 MODELS = ("pcsnet", "pcsnet-fast", "authors", "cfa", "patchcore", "padim")
 TRAINABLE = ("pcsnet", "pcsnet-fast", "authors")
 FIT_IMAGES = 4

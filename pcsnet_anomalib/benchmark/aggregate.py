@@ -7,6 +7,11 @@ k-shot seeds in percent, the best model of each category and k in bold), ``summa
 long format, unrounded) and ``image_auroc_vs_k.png`` (category-average image AUROC against k, one line per
 model, error bars = std over seeds).
 
+Several result files can be combined; ``PATH@LABEL`` appends `` (LABEL)`` to the model names of one file, so
+that two runs of the same model class (e.g. PCSNet with another preset) get rows of their own:
+
+    python -m pcsnet_anomalib.benchmark.aggregate default/results.csv fast/results.csv@fast --out compare
+
 The ``mean`` row averages the categories within each seed first, then takes mean ± std over seeds, so its
 spread is the seed-to-seed spread of the average (as in the paper), not the spread between categories.
 Standard deviations are sample standard deviations (``ddof=1``); with one seed only the mean is shown.
@@ -32,18 +37,37 @@ SUMMARY_COLUMNS = ["metric", "category", "model", "k", "mean", "std", "n"]
 
 
 def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Read and concatenate ``results.csv`` files; short model names; fail early on missing columns."""
-    frames = [pd.read_csv(path) for path in paths]
+    """Read and concatenate ``results.csv`` files (``PATH@LABEL``: see the module docstring); short model names.
+
+    Fails early on missing columns.
+    """
+    frames = []
+    for entry in paths:
+        path, label = _split_label(entry)
+        frame = pd.read_csv(path)
+        missing = [column for column in (MODEL, CATEGORY, K_SHOT) if column not in frame.columns]
+        if missing:
+            msg = f"{path}: missing columns {missing}; is this a k-shot benchmark's results.csv?"
+            raise ValueError(msg)
+        frame[MODEL] = frame[MODEL].astype(str).str.rsplit(".", n=1).str[-1]
+        if label:
+            frame[MODEL] = frame[MODEL] + f" ({label})"
+        frames.append(frame)
     results = pd.concat(frames, ignore_index=True)
-    missing = [column for column in (MODEL, CATEGORY, K_SHOT) if column not in results.columns]
-    if missing:
-        msg = f"{', '.join(map(str, paths))}: missing columns {missing}; is this a k-shot benchmark's results.csv?"
-        raise ValueError(msg)
     if SEED not in results.columns:
         results[SEED] = 0
-    results[MODEL] = results[MODEL].astype(str).str.rsplit(".", n=1).str[-1]
+    results[SEED] = results[SEED].fillna(0)
     results[K_SHOT] = results[K_SHOT].astype(int)
     return results
+
+
+def _split_label(entry: str | Path) -> tuple[Path, str | None]:
+    """``PATH@LABEL`` -> (PATH, LABEL); a path that exists as given, or has no ``@``, has no label."""
+    text = str(entry)
+    if Path(text).exists() or "@" not in text:
+        return Path(text), None
+    path, label = text.rsplit("@", 1)
+    return Path(path), label
 
 
 def summarize(results: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFrame:
@@ -206,7 +230,7 @@ def aggregate(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="+", help="results.csv file(s) written by the k-shot benchmark")
+    parser.add_argument("results", nargs="+", help="results.csv file(s) written by the k-shot benchmark, PATH[@LABEL]")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--title", help="title of the Markdown file and the plot")
     parser.add_argument("--paper", help="CSV of reference numbers (benchmarks/paper_results.csv)")

@@ -97,6 +97,19 @@ def test_duplicate_jobs_and_foreign_files_are_rejected(tmp_path: Path) -> None:
         summarize(results.drop(columns=["image_AUROC", "pixel_AUROC", "pixel_AUPRO"]))
 
 
+def test_a_labelled_file_gets_model_rows_of_its_own(tmp_path: Path) -> None:
+    default = _write_results(tmp_path / "default.csv")
+    fast = _write_results(tmp_path / "fast.csv")
+    results = load_results([default, f"{fast}@fast"])
+    assert sorted(results[MODEL].unique()) == ["Padim", "Padim (fast)", "Pcsnet", "Pcsnet (fast)"]
+    summary = summarize(results)
+    rows = summary[(summary["metric"] == "image_AUROC") & (summary["k"] == 4) & (summary["category"] == "alpha")]
+    means = dict(zip(rows["model"], rows["mean"], strict=True))
+    assert means["Pcsnet (fast)"] == pytest.approx(means["Pcsnet"])
+    with pytest.raises(FileNotFoundError):
+        load_results([f"{tmp_path / 'missing.csv'}@fast"])
+
+
 def test_markdown_table_shape_bold_best_and_paper_rows(tmp_path: Path) -> None:
     summary = summarize(load_results([_write_results(tmp_path / "results.csv")]))
     paper = pd.DataFrame(

@@ -128,3 +128,20 @@ def test_shipped_benchmark_configs_follow_the_protocol(name: str) -> None:
             continue
         offline = {**args, "backbone": args["backbone"].removesuffix(".package_in1k"), "pre_trained": False}
         assert type(Protocol().build_model({"class_path": model, "init_args": offline})).__name__ == model
+
+
+def test_fast_demo_benchmark_differs_from_the_default_only_in_the_fast_preset() -> None:
+    """A fair accuracy comparison: same data, seeds, input and training; preset values as configs/mvtec_ad_fast.yaml."""
+    default = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo.yaml").read_text())
+    fast = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo_fast.yaml").read_text())
+    fast_cli = yaml.safe_load((REPO / "configs" / "mvtec_ad_fast.yaml").read_text())["model"]["init_args"]
+    assert fast["protocol"] == default["protocol"]
+    assert fast["benchmark"]["data"] == default["benchmark"]["data"]
+    assert fast["benchmark"]["seed"] == default["benchmark"]["seed"]
+    (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
+    default_pcsnet = next(m for m in default["benchmark"]["model"]["grid"] if m["class_path"] == "Pcsnet")
+    preset = {"grid_stride", "cas_channels", "prior_channels"}
+    assert {k: v for k, v in fast_pcsnet["init_args"].items() if k not in preset} == default_pcsnet["init_args"]
+    args = fast_pcsnet["init_args"]
+    assert (args["grid_stride"], args["prior_channels"]) == (fast_cli["grid_stride"], fast_cli["prior_channels"])
+    assert args["cas_channels"] / 176 == fast_cli["cas_channels"] / 1792 == 0.25  # a quarter of the channels

@@ -10,7 +10,7 @@ import pcsnet_anomalib  # noqa: F401  (registers Pcsnet and the datamodules on a
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "mvtec_ad.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "mvtec_ad.yaml", "mvtec_ad_fast.yaml"])
 def test_cli_configs_name_pcsnet_with_known_arguments(name: str) -> None:
     import inspect
 
