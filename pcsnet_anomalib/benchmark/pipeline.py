@@ -17,6 +17,8 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
       trainer:                      # Engine/Trainer arguments per model class (a model's trainer_arguments win)
         Cfa: {max_epochs: 30}
       register_packaged_weights: true  # timm name tf_efficientnet_lite0.package_in1k = the offline Lite0 weights
+      n_jobs: 1                     # jobs at once (anomalib's ParallelRunner): CPU: the cores are split
+                                    # between them; CUDA: one GPU each (at most the number of GPUs)
 
 The k-shot subset is the datamodule's (``KShotMVTecAD``, ``KShotPcsnetDemo``), so it is the same for every
 model of a (category, k, seed) cell. Nothing is selected on test data: there is no early stopping or checkpoint
@@ -26,6 +28,7 @@ selection, every job tests its last weights, and the reported metrics do not dep
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import pandas as pd
+import torch
 from anomalib.data import get_datamodule
 from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
@@ -41,7 +45,7 @@ from anomalib.pipelines.benchmark import Benchmark
 from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
 from anomalib.pipelines.benchmark.job import BenchmarkJob
 from anomalib.pipelines.components import Runner
-from anomalib.pipelines.components.runners import SerialRunner
+from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
 from anomalib.pipelines.types import PREV_STAGE_RESULT
 from anomalib.pre_processing import PreProcessor
@@ -66,6 +70,7 @@ class Protocol:
     aupro: bool = True
     trainer: dict[str, dict[str, Any]] = field(default_factory=dict)
     register_packaged_weights: bool = False
+    n_jobs: int = 1
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Protocol:
@@ -78,7 +83,11 @@ class Protocol:
         for key in ("image_size", "center_crop_size"):
             if section.get(key) is not None:
                 section[key] = tuple(section[key])
-        return cls(**section)
+        protocol = cls(**section)
+        if protocol.n_jobs < 1:
+            msg = f"protocol.n_jobs must be at least 1, got {protocol.n_jobs}."
+            raise ValueError(msg)
+        return protocol
 
     def pre_processor(self, model: AnomalibModule) -> PreProcessor | None:
         """The model's default pre-processor with its resize/crop replaced by the protocol's (None: keep it)."""
@@ -131,20 +140,27 @@ class KShotBenchmarkJob(BenchmarkJob):
         seed: int,
         flat_cfg: dict,
         trainer_args: Mapping[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, model=model, datamodule=datamodule, seed=seed, flat_cfg=flat_cfg)
         self.trainer_args = dict(trainer_args or {})
+        self.threads = threads
 
     @hide_output
     def run(self, task_id: int | None = None) -> dict[str, Any]:
-        """Fit, then test the last weights; return durations, the flat config and the test metrics."""
-        del task_id  # serial runner only
+        """Fit, then test the last weights; return durations, the flat config and the test metrics.
+
+        ``task_id`` is the slot of anomalib's ParallelRunner: the GPU of a CUDA job.
+        """
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        devices: int | list[int] = 1 if task_id is None or self.accelerator != "cuda" else [task_id]
         job_start = time.time()
         with TemporaryDirectory() as temp_dir:
             seed_everything(self.seed)
             engine = Engine(
                 accelerator=self.accelerator,
-                devices=1,
+                devices=devices,
                 default_root_dir=temp_dir,
                 logger=False,
                 **self.trainer_args,
@@ -177,6 +193,9 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
     def __init__(self, accelerator: str, protocol: Protocol) -> None:
         super().__init__(accelerator)
         self.protocol = protocol
+        # Parallel CPU jobs share the cores instead of each starting one thread per core.
+        parallel_cpu = protocol.n_jobs > 1 and accelerator == "cpu"
+        self.threads = max(1, (os.cpu_count() or 1) // protocol.n_jobs) if parallel_cpu else None
 
     @property
     def job_class(self) -> type:
@@ -196,22 +215,29 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
                 datamodule=get_datamodule(container["data"]),
                 flat_cfg=flatten_dict(container),
                 trainer_args=self.protocol.trainer.get(model_name),
+                threads=self.threads,
             )
 
 
 class KShotBenchmark(Benchmark):
-    """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs one after another."""
+    """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs, ``protocol.n_jobs`` at once."""
 
     @staticmethod
     def _setup_runners(args: dict) -> list[Runner]:
         accelerator = args.get("accelerator", "cpu")
         if accelerator not in {"cpu", "cuda"}:
-            msg = f"Unsupported accelerator {accelerator!r}: use 'cpu' or 'cuda' (one job at a time)."
+            msg = f"Unsupported accelerator {accelerator!r}: use 'cpu' or 'cuda'."
             raise ValueError(msg)
         protocol = Protocol.from_config(args.get("protocol"))
+        if accelerator == "cuda" and protocol.n_jobs > max(1, torch.cuda.device_count()):
+            msg = f"protocol.n_jobs={protocol.n_jobs} CUDA jobs need as many GPUs; {torch.cuda.device_count()} found."
+            raise ValueError(msg)
         if protocol.register_packaged_weights:
             register_packaged_timm_weights()
-        return [SerialRunner(KShotBenchmarkJobGenerator(accelerator, protocol))]
+        generator = KShotBenchmarkJobGenerator(accelerator, protocol)
+        if protocol.n_jobs == 1:
+            return [SerialRunner(generator)]
+        return [ParallelRunner(generator, n_jobs=protocol.n_jobs)]
 
 
 def main() -> None:

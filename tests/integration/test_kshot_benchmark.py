@@ -19,6 +19,7 @@ protocol:
   center_crop_size: null
   trainer:
     Pcsnet: {{max_epochs: 1}}
+  n_jobs: {n_jobs}
 benchmark:
   seed: 42
   model:
@@ -40,16 +41,29 @@ benchmark:
 """
 
 
-def test_benchmark_then_aggregate(mvtec_root: Path, tmp_path: Path) -> None:
-    config = tmp_path / "kshot.yaml"
-    config.write_text(CONFIG.format(root=mvtec_root))
+def _run_benchmark(root: Path, folder: Path, n_jobs: int) -> tuple[Path, str]:
+    """Run the benchmark command in ``folder``; return its results.csv and its log."""
+    folder.mkdir()
+    config = folder / "kshot.yaml"
+    config.write_text(CONFIG.format(root=root, n_jobs=n_jobs))
     command = [sys.executable, "-m", "pcsnet_anomalib.benchmark", "--config", str(config)]
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
-    log = (tmp_path / "runs" / "pipeline.log").read_text()
-    (results,) = (tmp_path / "runs" / "benchmark").glob("*/results.csv")
+    run = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=600, check=False)
+    log = (folder / "runs" / "pipeline.log").read_text()
     assert run.returncode == 0, run.stderr[-3000:] + log[-3000:]
+    (results,) = (folder / "runs" / "benchmark").glob("*/results.csv")
+    return results, log
+
+
+def test_benchmark_serial_and_parallel_then_aggregate(mvtec_root: Path, tmp_path: Path) -> None:
+    results, log = _run_benchmark(mvtec_root, tmp_path / "serial", n_jobs=1)
+    parallel_results, _ = _run_benchmark(mvtec_root, tmp_path / "parallel", n_jobs=2)  # anomalib's ParallelRunner
 
     table = pd.read_csv(results)
+    keys = ["model.class_path", "data.init_args.k_shot"]
+    metrics = ["image_AUROC", "pixel_AUROC", "pixel_AUPRO"]
+    serial, parallel = (t.sort_values(keys).reset_index() for t in (table, pd.read_csv(parallel_results)))
+    assert serial[keys].equals(parallel[keys])
+    pd.testing.assert_frame_equal(serial[metrics], parallel[metrics], atol=1e-4, rtol=0)
     assert len(table) == 4  # 2 models x 2 k x 1 seed
     assert set(table["model.class_path"]) == {"Pcsnet", "Padim"}
     # Both models of a k trained on the same images: one logged choice per k, repeated for each model.
