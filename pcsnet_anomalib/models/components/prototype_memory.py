@@ -3,7 +3,9 @@
 PCSNet (like CFA) keeps one prototype per feature-grid position: the mean descriptor of the
 k training images at that position. Distances from every position of a query to every
 prototype are Euclidean, computed as ``sqrt(|f|^2 + |c|^2 - 2 f.c)``. The squared norms of the
-prototypes never change after initialisation, so they are stored instead of recomputed.
+prototypes never change after initialisation, so they are stored instead of recomputed. The
+nearest prototypes of a query are found on ``|c|^2 - 2 f.c`` (same order: ``|f|^2`` is constant
+along a row), so ``|f|^2``, the floor and the square root are applied to the selected few only.
 """
 
 import torch
@@ -43,15 +45,29 @@ class PrototypeMemory(DynamicBufferMixin):
 
     def distances(self, descriptor: torch.Tensor) -> torch.Tensor:
         """Euclidean distances ``(B, H*W, N)`` from each position of ``descriptor (B, C, H, W)`` to all prototypes."""
+        queries, partial = self._partial_squared_distances(descriptor)
+        return _to_distances(partial + queries.pow(2).sum(dim=2, keepdim=True))
+
+    def nearest(self, descriptor: torch.Tensor, count: int) -> torch.Tensor:
+        """The ``count`` smallest distances ``(B, H*W, count)`` per position of ``descriptor``, ascending."""
+        queries, partial = self._partial_squared_distances(descriptor)
+        smallest = torch.topk(partial, count, dim=-1, largest=False).values
+        return _to_distances(smallest + queries.pow(2).sum(dim=2, keepdim=True))
+
+    def _partial_squared_distances(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries ``(B, HW, C)`` of ``descriptor`` and ``|c|^2 - 2 f.c`` ``(B, HW, N)``."""
         if not self.is_initialized:
             msg = "Prototypes are not initialised: train the model (or load a trained checkpoint) before inference."
             raise RuntimeError(msg)
-        queries = descriptor.flatten(2).transpose(1, 2)  # (B, HW, C)
-        query_sq_norms = queries.pow(2).sum(dim=2, keepdim=True)
-        squared = torch.baddbmm(
-            query_sq_norms + self.prototype_sq_norms,
+        queries = descriptor.flatten(2).transpose(1, 2)  # (B, HW, C); contiguous for a channels-last descriptor
+        partial = torch.baddbmm(
+            self.prototype_sq_norms.expand(queries.shape[0], 1, -1),
             queries,
             self.prototypes.t().expand(queries.shape[0], -1, -1),
             alpha=-2.0,
         )
-        return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
+        return queries, partial
+
+
+def _to_distances(squared: torch.Tensor) -> torch.Tensor:
+    return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()

@@ -204,6 +204,9 @@ class PcsnetModel(nn.Module):
         mean, std = self._normalisation(self.feature_extractor)
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
+        # Channels-last (NHWC) convolution weights and activations: on CPU, oneDNN's convolutions are faster
+        # in this layout and bilinear resizing of many channels converts to it internally anyway (README, "Speed").
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _normalisation(extractor: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,9 +233,10 @@ class PcsnetModel(nn.Module):
         ]
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen backbone features of ``images`` in ``[0, 1]``."""
+        """Frozen backbone features of ``images`` in ``[0, 1]`` (channels-last)."""
+        normalised = ((images - self.input_mean) / self.input_std).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            features = self.feature_extractor((images - self.input_mean) / self.input_std)
+            features = self.feature_extractor(normalised)
         return list(features.values())
 
     def describe(self, images: torch.Tensor) -> torch.Tensor:
@@ -269,7 +273,7 @@ class PcsnetModel(nn.Module):
 
     def _nearest(self, descriptor: torch.Tensor, count: int) -> torch.Tensor:
         """The ``count`` smallest prototype distances per position, ascending: ``(B, HW, count)``."""
-        return torch.topk(self.memory.distances(descriptor), count, dim=-1, largest=False).values
+        return self.memory.nearest(descriptor, count)
 
     def _segment(self, descriptor: torch.Tensor, prior_distances: torch.Tensor) -> torch.Tensor:
         """CAS scores at grid resolution from a descriptor and its sorted smallest distances."""
@@ -322,16 +326,15 @@ class PcsnetModel(nn.Module):
             ]
             mixed_descriptor = self.descriptor(mixed_features, grid_size)
             normal_nearest = self._nearest(normal_descriptor, self.n_nearest)
-            anomalous_distances = self.memory.distances(anomalous_descriptor)
-            anomalous_nearest = torch.topk(anomalous_distances, self.n_nearest, dim=-1, largest=False).values
+            anomalous_nearest = self.memory.nearest(anomalous_descriptor, self.n_nearest)
+            anomalous_distances = self.memory.distances(anomalous_descriptor) if keep_anomalous_distances else None
             mixed_sorted = self._nearest(mixed_descriptor, n_sorted)
         else:
             both = self.descriptor(features, grid_size)
-            distances = self.memory.distances(both)
-            both_sorted = torch.topk(distances, n_sorted, dim=-1, largest=False).values
+            both_sorted = self.memory.nearest(both, n_sorted)
             normal_nearest = both_sorted[:batch, :, : self.n_nearest]
             anomalous_nearest = both_sorted[batch:, :, : self.n_nearest]
-            anomalous_distances = distances[batch:]
+            anomalous_distances = self.memory.distances(both[batch:]) if keep_anomalous_distances else None
             mixed_descriptor = torch.where(select, both[batch:], both[:batch])
             mixed_sorted = torch.where(select.view(-1, 1, 1), both_sorted[batch:], both_sorted[:batch])
 
@@ -340,7 +343,7 @@ class PcsnetModel(nn.Module):
         return PcsnetTrainingOutput(
             normal_nearest=normal_nearest,
             anomalous_nearest=anomalous_nearest,
-            anomalous_distances=anomalous_distances if keep_anomalous_distances else None,
+            anomalous_distances=anomalous_distances,
             mixed_nearest=mixed_sorted[..., : self.n_nearest],
             segmentation=segmentation,
             grid_size=grid_size,
