@@ -208,6 +208,9 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
         del previous_stage_result
         for container in get_iterator_from_grid_dict(args):
             model_name = str(container["model"]["class_path"]).rsplit(".", 1)[-1]
+            # Models draw random numbers when built (PaDiM picks its feature subset): seeding here makes a job's
+            # model depend on its seed only, not on which jobs were generated before it (serial or parallel).
+            seed_everything(container["seed"])
             yield KShotBenchmarkJob(
                 accelerator=self.accelerator,
                 seed=container["seed"],
