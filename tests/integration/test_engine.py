@@ -53,6 +53,11 @@ def _image_auroc(model: Pcsnet, datamodule: MVTecAD) -> float:
 
 
 def test_short_training_beats_the_untrained_model(make_mvtec, tmp_path: Path) -> None:
+    """16 epochs of 4 steps on random-weight resnet18 features.
+
+    Measured spread over model seeds 0-2: image AUROC 0.66-0.78 after 8 epochs, 0.68-0.99 after 16 (seed 0: 0.99),
+    so 8 epochs were too few to hold the 0.75 floor once the training order changed (seeded by (seed, epoch)).
+    """
     root = make_mvtec(n_train=8, n_test_good=10, n_test_defect=10, seed=1)
     datamodule = MVTecAD(root=root, category="widget", num_workers=0, eval_batch_size=10)
     datamodule.setup()
@@ -66,8 +71,8 @@ def test_short_training_beats_the_untrained_model(make_mvtec, tmp_path: Path) ->
     before = _image_auroc(untrained, datamodule)
 
     seed_everything(0)
-    trained = _tiny_pcsnet(k_shot=8, seed=0, num_epochs=8)
-    _engine(tmp_path, max_epochs=8).fit(trained, datamodule=datamodule)
+    trained = _tiny_pcsnet(k_shot=8, seed=0, num_epochs=16)
+    _engine(tmp_path, max_epochs=16).fit(trained, datamodule=datamodule)
     after = _image_auroc(trained, datamodule)
     assert after > before + 0.1, f"image AUROC before training {before:.3f}, after {after:.3f}"
     assert after > 0.75
