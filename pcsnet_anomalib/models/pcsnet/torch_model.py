@@ -234,8 +234,8 @@ class PcsnetModel(nn.Module):
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen backbone features of ``images`` in ``[0, 1]`` (channels-last)."""
-        normalised = ((images - self.input_mean) / self.input_std).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
+            normalised = ((images - self.input_mean) / self.input_std).contiguous(memory_format=torch.channels_last)
             features = self.feature_extractor(normalised)
         return list(features.values())
 
@@ -274,6 +274,15 @@ class PcsnetModel(nn.Module):
     def _nearest(self, descriptor: torch.Tensor, count: int) -> torch.Tensor:
         """The ``count`` smallest prototype distances per position, ascending: ``(B, HW, count)``."""
         return self.memory.nearest(descriptor, count)
+
+    def _nearest_and_distances(
+        self, descriptor: torch.Tensor, count: int, keep_distances: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_nearest`, and all distances ``(B, HW, N)`` when ``keep_distances``, from one distance matrix."""
+        if not keep_distances:
+            return self._nearest(descriptor, count), None
+        distances = self.memory.distances(descriptor)
+        return torch.topk(distances, count, dim=-1, largest=False).values, distances
 
     def _segment(self, descriptor: torch.Tensor, prior_distances: torch.Tensor) -> torch.Tensor:
         """CAS scores at grid resolution from a descriptor and its sorted smallest distances."""
@@ -326,15 +335,16 @@ class PcsnetModel(nn.Module):
             ]
             mixed_descriptor = self.descriptor(mixed_features, grid_size)
             normal_nearest = self._nearest(normal_descriptor, self.n_nearest)
-            anomalous_nearest = self.memory.nearest(anomalous_descriptor, self.n_nearest)
-            anomalous_distances = self.memory.distances(anomalous_descriptor) if keep_anomalous_distances else None
+            anomalous_nearest, anomalous_distances = self._nearest_and_distances(
+                anomalous_descriptor, self.n_nearest, keep_anomalous_distances
+            )
             mixed_sorted = self._nearest(mixed_descriptor, n_sorted)
         else:
             both = self.descriptor(features, grid_size)
-            both_sorted = self.memory.nearest(both, n_sorted)
+            both_sorted, distances = self._nearest_and_distances(both, n_sorted, keep_anomalous_distances)
             normal_nearest = both_sorted[:batch, :, : self.n_nearest]
             anomalous_nearest = both_sorted[batch:, :, : self.n_nearest]
-            anomalous_distances = self.memory.distances(both[batch:]) if keep_anomalous_distances else None
+            anomalous_distances = distances[batch:] if distances is not None else None
             mixed_descriptor = torch.where(select, both[batch:], both[:batch])
             mixed_sorted = torch.where(select.view(-1, 1, 1), both_sorted[batch:], both_sorted[:batch])
 
