@@ -12,6 +12,10 @@ that two runs of the same model class (e.g. PCSNet with another preset) get rows
 
     python -m pcsnet_anomalib.benchmark.aggregate default/results.csv fast/results.csv@fast --out compare
 
+``--metrics`` chooses the metric columns (default: the test metrics image AUROC, pixel AUROC, pixel AUPRO);
+``--metrics val_image_AUROC val_pixel_AUROC`` gives the same tables for the validation split, to choose
+settings without looking at test scores.
+
 The ``mean`` row averages the categories within each seed first, then takes mean ± std over seeds, so its
 spread is the seed-to-seed spread of the average (as in the paper), not the spread between categories.
 Standard deviations are sample standard deviations (``ddof=1``); with one seed only the mean is shown.
@@ -210,12 +214,16 @@ def aggregate(
     title: str | None = None,
     paper: str | Path | None = None,
     paper_dataset: str | None = None,
+    metrics: Sequence[str] = METRICS,
 ) -> pd.DataFrame:
-    """Write ``summary.md``, ``summary.csv`` and ``image_auroc_vs_k.png`` into ``out``; return the summary."""
+    """Write ``summary.md``, ``summary.csv`` and (with test image AUROC) ``image_auroc_vs_k.png`` into ``out``.
+
+    Returns the summary.
+    """
     if (paper is None) != (paper_dataset is None):
         msg = "Give both --paper and --paper-dataset, or neither."
         raise ValueError(msg)
-    summary = summarize(load_results(results))
+    summary = summarize(load_results(results), metrics)
     reference = load_paper(paper, paper_dataset) if paper is not None and paper_dataset is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--title", help="title of the Markdown file and the plot")
     parser.add_argument("--paper", help="CSV of reference numbers (benchmarks/paper_results.csv)")
     parser.add_argument("--paper-dataset", help="dataset of --paper to show, e.g. mvtec_ad")
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), help="metric columns to tabulate")
     args = parser.parse_args(argv)
-    aggregate(args.results, args.out, args.title, args.paper, args.paper_dataset)
+    aggregate(args.results, args.out, args.title, args.paper, args.paper_dataset, args.metrics)
 
 
 if __name__ == "__main__":

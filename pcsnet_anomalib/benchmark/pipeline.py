@@ -23,6 +23,11 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
 The k-shot subset is the datamodule's (``KShotMVTecAD``, ``KShotPcsnetDemo``), so it is the same for every
 model of a (category, k, seed) cell. Nothing is selected on test data: there is no early stopping or checkpoint
 selection, every job tests its last weights, and the reported metrics do not depend on thresholds.
+
+Each row of ``results.csv`` also holds the last weights' image and pixel AUROC on the validation split
+(``val_image_AUROC``, ``val_pixel_AUROC``), so that settings can be chosen on validation data. They are only
+held-out data where the datamodule's validation split is disjoint from its test split (the demo's
+``val_split_mode: from_test``); MVTec AD and MPDD validate on their test set (``same_as_test``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ import pandas as pd
 import torch
 from anomalib.data import get_datamodule
 from anomalib.engine import Engine
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import AUPRO, AUROC, BinaryPrecisionRecallCurve, Evaluator, F1Score
+from anomalib.metrics.auroc import _AUROC
+from anomalib.metrics.base import AnomalibMetric
 from anomalib.models import AnomalibModule, get_model
 from anomalib.pipelines.benchmark import Benchmark
 from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
@@ -59,6 +66,28 @@ from pcsnet_anomalib.backbones.weights import register_packaged_timm_weights
 logger = logging.getLogger(__name__)
 
 _GEOMETRIC = (Resize, CenterCrop)
+
+
+class _RawScoreROC(_AUROC):
+    """anomalib's AUROC computation, fed with every score as it is."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Store ``preds`` unchanged: anomalib's own no-sigmoid update (same states as torchmetrics' ROC)."""
+        BinaryPrecisionRecallCurve.update(self, preds, target)
+
+
+class RawScoreAUROC(AnomalibMetric, _RawScoreROC):  # type: ignore[misc]
+    """AUROC of scores that are not normalised to [0, 1]: validation, before anomalib's post-processor.
+
+    torchmetrics takes an update whose scores leave [0, 1] for logits and applies a sigmoid to that update only
+    (torchmetrics#1526), so batches with and without a score outside [0, 1] are ranked on different scales.
+    Raw PCSNet maps are slightly below 0 or above 1 in some batches. anomalib's test metrics are safe (they see
+    the post-processor's [0, 1] scores), and its threshold metric skips the sigmoid, as this one does.
+    """
+
+    def __init__(self, fields: Sequence[str], prefix: str = "", **kwargs: Any) -> None:
+        super().__init__(fields=fields, prefix=prefix, **kwargs)
+        self.name = prefix + AUROC.__name__  # logged as anomalib's AUROC is: ``val_image_AUROC``
 
 
 @dataclass
@@ -105,7 +134,11 @@ class Protocol:
         return PreProcessor(transform=Compose([*geometry, *kept]))
 
     def evaluator(self) -> Evaluator:
-        """anomalib's default test metrics, plus pixel AUPRO when ``aupro`` is set."""
+        """anomalib's default test metrics (plus pixel AUPRO when ``aupro`` is set) and validation AUROCs."""
+        validation = [
+            RawScoreAUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
+            RawScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
+        ]
         metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
@@ -114,7 +147,7 @@ class Protocol:
         ]
         if self.aupro:
             metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
-        return Evaluator(test_metrics=metrics)
+        return Evaluator(val_metrics=validation, test_metrics=metrics)
 
     def build_model(self, config: Mapping[str, Any]) -> AnomalibModule:
         """Instantiate a model of the grid with anomalib's ``get_model``, then set the protocol's components.
@@ -148,7 +181,7 @@ class KShotBenchmarkJob(BenchmarkJob):
 
     @hide_output
     def run(self, task_id: int | None = None) -> dict[str, Any]:
-        """Fit, then test the last weights; return durations, the flat config and the test metrics.
+        """Fit, then validate and test the last weights; return durations, the flat config and the metrics.
 
         ``task_id`` is the slot of anomalib's ParallelRunner: the GPU of a CUDA job.
         """
@@ -167,15 +200,20 @@ class KShotBenchmarkJob(BenchmarkJob):
             )
             fit_start = time.time()
             engine.fit(self.model, self.datamodule)
+            validate_start = time.time()
+            # Validated again after fitting: the last weights' scores, whatever the trainer's validation schedule.
+            validation_results = engine.validate(self.model, self.datamodule)
             test_start = time.time()
             test_results = engine.test(self.model, self.datamodule)
         job_end = time.time()
         output = {
             "accelerator": self.accelerator,
             "job_duration": job_end - job_start,
-            "fit_duration": test_start - fit_start,
+            "fit_duration": validate_start - fit_start,
+            "validate_duration": test_start - validate_start,
             "test_duration": job_end - test_start,
             **self.flat_cfg,
+            **validation_results[0],
             **test_results[0],
         }
         logger.info(f"Completed with result {output}")

@@ -60,7 +60,7 @@ def test_benchmark_serial_and_parallel_then_aggregate(mvtec_root: Path, tmp_path
 
     table = pd.read_csv(results)
     keys = ["model.class_path", "data.init_args.k_shot"]
-    metrics = ["image_AUROC", "pixel_AUROC", "pixel_AUPRO"]
+    metrics = ["image_AUROC", "pixel_AUROC", "pixel_AUPRO", "val_image_AUROC", "val_pixel_AUROC"]
     serial, parallel = (t.sort_values(keys).reset_index() for t in (table, pd.read_csv(parallel_results)))
     assert serial[keys].equals(parallel[keys])
     pd.testing.assert_frame_equal(serial[metrics], parallel[metrics], atol=1e-4, rtol=0)
@@ -69,6 +69,9 @@ def test_benchmark_serial_and_parallel_then_aggregate(mvtec_root: Path, tmp_path
     # Both models of a k trained on the same images: one logged choice per k, repeated for each model.
     choices = set(re.findall(r"KShotMVTecAD widget: (k_shot=\d+, seed=0: .*)", log))
     assert len(choices) == 2, choices
+    # KShotMVTecAD validates on its test set (same_as_test): the validation scores are the tested weights' scores.
+    for name in ("image_AUROC", "pixel_AUROC"):
+        pd.testing.assert_series_equal(table[f"val_{name}"], table[name], check_names=False, atol=1e-6, rtol=0)
 
     out = tmp_path / "tables"
     aggregate_main([str(results), "--out", str(out)])
@@ -80,3 +83,9 @@ def test_benchmark_serial_and_parallel_then_aggregate(mvtec_root: Path, tmp_path
     assert (summary["n"] == 1).all()
     assert (out / "summary.md").read_text().count("| widget | ") == 3 * 2
     assert (out / "image_auroc_vs_k.png").stat().st_size > 0
+
+    validation_out = tmp_path / "validation_tables"
+    aggregate_main([str(results), "--out", str(validation_out), "--metrics", "val_image_AUROC", "val_pixel_AUROC"])
+    validation_summary = pd.read_csv(validation_out / "summary.csv")
+    assert set(validation_summary["metric"]) == {"val_image_AUROC", "val_pixel_AUROC"}
+    assert not (validation_out / "image_auroc_vs_k.png").exists()  # the plot is of test image AUROC only

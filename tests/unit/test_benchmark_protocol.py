@@ -5,12 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from anomalib.metrics import AUPRO
+from anomalib.data import ImageBatch
+from anomalib.metrics import AUPRO, AUROC
 from anomalib.models import Padim, Patchcore
 from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 
 from pcsnet_anomalib import Pcsnet
 from pcsnet_anomalib.benchmark import Protocol
+from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC
 from pcsnet_anomalib.data import KShotPcsnetDemo
 from pcsnet_anomalib.data.demo import generate_demo_dataset
 
@@ -47,6 +49,28 @@ def test_metrics_add_aupro_to_anomalibs_defaults() -> None:
     assert isinstance(model.evaluator.test_metrics[-1], AUPRO)
     without = Protocol(aupro=False).build_model({"class_path": "Padim", "init_args": TINY})
     assert "pixel_AUPRO" not in [metric.name for metric in without.evaluator.test_metrics]
+    validation = [metric.name for metric in model.evaluator.val_metrics]
+    assert validation == ["val_image_AUROC", "val_pixel_AUROC"]
+    assert all(isinstance(metric, RawScoreAUROC) for metric in model.evaluator.val_metrics)
+
+
+def _image_batch(scores: list[float], labels: list[int]) -> ImageBatch:
+    return ImageBatch(
+        image=torch.zeros(len(scores), 3, 8, 8), pred_score=torch.tensor(scores), gt_label=torch.tensor(labels)
+    )
+
+
+def test_validation_auroc_ranks_raw_scores_across_batches() -> None:
+    """Raw validation scores outside [0, 1] in one batch only must not be squashed in that batch alone."""
+    batches = [_image_batch([1.2, 1.5], [0, 1]), _image_batch([0.9, 0.1], [1, 0])]
+    # Positives 1.5, 0.9 against negatives 1.2, 0.1: 3 of 4 pairs in order.
+    raw, squashed = (cls(fields=["pred_score", "gt_label"], prefix="val_image_") for cls in (RawScoreAUROC, AUROC))
+    for batch in batches:
+        raw.update(batch)
+        squashed.update(batch)
+    assert raw.name == squashed.name == "val_image_AUROC"
+    assert float(raw.compute()) == pytest.approx(0.75)
+    assert float(squashed.compute()) == pytest.approx(1.0)  # torchmetrics' per-batch sigmoid: 1.2 -> 0.77 < 0.9
 
 
 def test_no_image_size_keeps_each_models_own_pre_processor() -> None:
