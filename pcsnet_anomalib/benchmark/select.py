@@ -1,0 +1,151 @@
+"""Choose among PCSNet settings on validation scores only: the cheapest candidate that keeps the reference's accuracy.
+
+    python -m pcsnet_anomalib.benchmark.select --config configs/benchmark_kshot_demo_fast_selection.yaml \\
+        runs/benchmark/<date>/results.csv --output benchmarks/results/fast_preset_selection.md
+
+The config is the k-shot benchmark config that produced ``results.csv``. Its Pcsnet grid entries are read in
+order: the first is the reference (the paper's settings), the others are the candidates, cheapest first. A
+candidate is eligible when, at every k, its validation image AUROC (mean over the k-shot seeds) is at most
+``--image-tolerance`` below the reference's and its validation pixel AUROC at most ``--pixel-tolerance`` below;
+the first eligible candidate is chosen. Test scores are never read: the choice is fair only when the
+datamodule's validation split is disjoint from its test split (the demo's ``val_split_mode: from_test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from pcsnet_anomalib.benchmark.aggregate import K_SHOT, MODEL, SEED
+from pcsnet_anomalib.models import Pcsnet
+
+SETTINGS = ("grid_stride", "cas_channels", "prior_channels")
+VALIDATION_METRICS = ("val_image_AUROC", "val_pixel_AUROC")
+_DEFAULTS = {name: inspect.signature(Pcsnet).parameters[name].default for name in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The per-candidate validation table, each candidate's eligibility and the chosen candidate (or None)."""
+
+    table: pd.DataFrame
+    eligible: dict[str, bool]
+    chosen: str | None
+
+
+def _settings(init_args: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The compared settings of one Pcsnet, with the model's defaults for the ones not given (NaN included)."""
+    values = []
+    for name in SETTINGS:
+        value = init_args.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = _DEFAULTS[name]
+        values.append(None if value is None else float(value))
+    return tuple(values)
+
+
+def _label(settings: tuple[Any, ...]) -> str:
+    shown = ("default" if value is None else f"{value:g}" for value in settings)
+    return ", ".join(f"{name}={value}" for name, value in zip(SETTINGS, shown, strict=True))
+
+
+def candidates_from_config(path: str | Path) -> list[tuple[Any, ...]]:
+    """The Pcsnet grid entries' settings, in the config's order (reference first)."""
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    grid = config["benchmark"]["model"]["grid"]
+    entries = [_settings(entry.get("init_args", {})) for entry in grid if entry["class_path"].endswith("Pcsnet")]
+    if len(entries) < 2 or len(set(entries)) != len(entries):
+        msg = f"{path}: needs a reference and at least one candidate, all with different {list(SETTINGS)}."
+        raise ValueError(msg)
+    return entries
+
+
+def validation_table(results: pd.DataFrame, entries: Sequence[tuple[Any, ...]]) -> pd.DataFrame:
+    """Mean, sample std and count over seeds of each validation metric, per candidate (rows) and k (columns)."""
+    missing = [column for column in VALIDATION_METRICS if column not in results.columns]
+    if missing:
+        msg = f"results.csv has no {missing}: run the benchmark with this version (validation scores per job)."
+        raise ValueError(msg)
+    results = results[results[MODEL].astype(str).str.endswith("Pcsnet")].copy()
+    given = pd.DataFrame({name: results.get(f"model.init_args.{name}") for name in SETTINGS}, index=results.index)
+    results["candidate"] = [_label(_settings(row)) for row in given.to_dict("records")]
+    labels = [_label(entry) for entry in entries]
+    unknown = sorted(set(results["candidate"]) - set(labels))
+    if unknown:
+        msg = f"results.csv has Pcsnet settings the config does not list: {unknown}"
+        raise ValueError(msg)
+    table = results.groupby(["candidate", K_SHOT])[list(VALIDATION_METRICS)].agg(["mean", "std"])
+    table[("n", "seeds")] = results.groupby(["candidate", K_SHOT])[SEED].nunique()
+    absent = sorted(set(labels) - set(results["candidate"]))
+    if absent:
+        msg = f"results.csv has no jobs for {absent}."
+        raise ValueError(msg)
+    return table.reindex(pd.MultiIndex.from_product([labels, sorted(results[K_SHOT].unique())]))
+
+
+def choose(table: pd.DataFrame, image_tolerance: float = 0.01, pixel_tolerance: float = 0.02) -> Choice:
+    """Apply the rule of the module docstring to a :func:`validation_table` (first candidate = reference)."""
+    labels = list(dict.fromkeys(table.index.get_level_values(0)))
+    reference = table.loc[labels[0]]
+    eligible = {}
+    for label in labels[1:]:
+        rows = table.loc[label]
+        image_ok = (rows[("val_image_AUROC", "mean")] >= reference[("val_image_AUROC", "mean")] - image_tolerance).all()
+        pixel_ok = (rows[("val_pixel_AUROC", "mean")] >= reference[("val_pixel_AUROC", "mean")] - pixel_tolerance).all()
+        eligible[label] = bool(image_ok and pixel_ok)
+    chosen = next((label for label, ok in eligible.items() if ok), None)
+    return Choice(table=table, eligible=eligible, chosen=chosen)
+
+
+def to_markdown(choice: Choice, image_tolerance: float, pixel_tolerance: float) -> str:
+    """The validation table (percent, mean ± std over seeds), each candidate's verdict and the choice."""
+    ks = list(dict.fromkeys(choice.table.index.get_level_values(1)))
+    labels = list(dict.fromkeys(choice.table.index.get_level_values(0)))
+    lines = [
+        f"Validation AUROC (%), mean ± sample std over the k-shot seeds. Eligible: at every k, image AUROC at most "
+        f"{100 * image_tolerance:g} and pixel AUROC at most {100 * pixel_tolerance:g} points below the reference.",
+        "",
+        "| settings | metric | " + " | ".join(f"k={k}" for k in ks) + " | eligible |",
+        "| --- | --- | " + " | ".join("---:" for _ in ks) + " | --- |",
+    ]
+    for label in labels:
+        verdict = "reference" if label == labels[0] else ("yes" if choice.eligible[label] else "no")
+        for metric in VALIDATION_METRICS:
+            cells = []
+            for k in ks:
+                row = choice.table.loc[(label, k), metric]
+                mean, std = float(row["mean"]), float(row["std"])
+                cells.append(f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}")
+            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += ["", f"Chosen: {choice.chosen or 'none (no candidate is eligible)'}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="results.csv of the k-shot benchmark run with --config")
+    parser.add_argument("--config", required=True, help="the benchmark config: reference first, candidates by cost")
+    parser.add_argument("--image-tolerance", type=float, default=0.01, help="largest image AUROC loss (0-1)")
+    parser.add_argument("--pixel-tolerance", type=float, default=0.02, help="largest pixel AUROC loss (0-1)")
+    parser.add_argument("--output", type=Path, help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    table = validation_table(pd.read_csv(args.results), candidates_from_config(args.config))
+    choice = choose(table, args.image_tolerance, args.pixel_tolerance)
+    report = to_markdown(choice, args.image_tolerance, args.pixel_tolerance)
+    print(report)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
