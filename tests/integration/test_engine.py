@@ -7,7 +7,7 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
 
 from pcsnet_anomalib import KShotSelection, Pcsnet
 from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
@@ -42,14 +42,19 @@ def test_engine_train_then_test_reports_image_and_pixel_auroc(
 
 
 def _image_auroc(model: Pcsnet, datamodule: MVTecAD) -> float:
-    """Image AUROC of the bare torch model on the test split, the same way before and after training."""
+    """Image AUROC of the bare torch model on the test split, the same way before and after training.
+
+    One call on all scores: torchmetrics squashes a batch whose raw scores leave [0, 1] with a sigmoid, so
+    per-batch updates would rank batches on different scales.
+    """
     model.eval()
-    auroc = BinaryAUROC()
     transform = model.pre_processor.transform
+    scores, labels = [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            auroc.update(model.model(transform(batch.image)).pred_score, batch.gt_label.int())
-    return float(auroc.compute())
+            scores.append(model.model(transform(batch.image)).pred_score)
+            labels.append(batch.gt_label.int())
+    return float(binary_auroc(torch.cat(scores), torch.cat(labels)))
 
 
 def test_short_training_beats_the_untrained_model(make_mvtec, tmp_path: Path) -> None:
