@@ -3,12 +3,14 @@
     python -m pcsnet_anomalib.benchmark.select --config configs/benchmark_kshot_demo_fast_selection.yaml \\
         runs/benchmark/<date>/results.csv --output benchmarks/results/fast_preset_selection.md
 
-The config is the k-shot benchmark config that produced ``results.csv``. Its Pcsnet grid entries are read in
-order: the first is the reference (the paper's settings), the others are the candidates, cheapest first. A
-candidate is eligible when, at every k, its validation image AUROC (mean over the k-shot seeds) is at most
-``--image-tolerance`` below the reference's and its validation pixel AUROC at most ``--pixel-tolerance`` below;
-the first eligible candidate is chosen. Test scores are never read: the choice is fair only when the
-datamodule's validation split is disjoint from its test split (the demo's ``val_split_mode: from_test``).
+The config is the k-shot benchmark config that produced ``results.csv`` (several files: parts of its grid run
+separately). Its Pcsnet grid entries are read in order: the first is the reference (the paper's settings), the
+others are the candidates, cheapest first. A candidate is eligible when, at every k, its validation image AUROC
+(mean over the k-shot seeds) is at most ``--image-tolerance`` below the reference's and its validation pixel
+AUROC at most ``--pixel-tolerance`` below; the first eligible candidate is chosen. When none is, the report
+also names the nearest miss: the candidate whose largest image AUROC loss over k is the smallest (the cheaper
+one on ties). Test scores are never read: the choice is fair only when the datamodule's validation split is
+disjoint from its test split (the demo's ``val_split_mode: from_test``).
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ import yaml
 from pcsnet_anomalib.benchmark.aggregate import K_SHOT, MODEL, SEED
 from pcsnet_anomalib.models import Pcsnet
 
-SETTINGS = ("grid_stride", "cas_channels", "prior_channels")
+SETTINGS = ("grid_stride", "cas_channels", "prior_channels", "num_epochs")
 VALIDATION_METRICS = ("val_image_AUROC", "val_pixel_AUROC")
 _DEFAULTS = {name: inspect.signature(Pcsnet).parameters[name].default for name in SETTINGS}
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The per-candidate validation table, each candidate's eligibility and the chosen candidate (or None)."""
+    """The per-candidate validation table, eligibility, worst image AUROC loss over k, and the choice.
+
+    ``chosen`` is the first eligible candidate (None if there is none); ``nearest`` the one with the smallest
+    worst-case image AUROC loss, the earlier (cheaper) one on ties.
+    """
 
     table: pd.DataFrame
     eligible: dict[str, bool]
+    worst_image_loss: dict[str, float]
     chosen: str | None
+    nearest: str
 
 
 def _settings(init_args: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -50,6 +58,11 @@ def _settings(init_args: Mapping[str, Any]) -> tuple[Any, ...]:
             value = _DEFAULTS[name]
         values.append(None if value is None else float(value))
     return tuple(values)
+
+
+def settings_label(init_args: Mapping[str, Any]) -> str:
+    """How a Pcsnet's compared settings are named in the report, e.g. ``grid_stride=7, cas_channels=44, ...``."""
+    return _label(_settings(init_args))
 
 
 def _label(settings: tuple[Any, ...]) -> str:
@@ -76,11 +89,16 @@ def validation_table(results: pd.DataFrame, entries: Sequence[tuple[Any, ...]]) 
         raise ValueError(msg)
     results = results[results[MODEL].astype(str).str.endswith("Pcsnet")].copy()
     given = pd.DataFrame({name: results.get(f"model.init_args.{name}") for name in SETTINGS}, index=results.index)
-    results["candidate"] = [_label(_settings(row)) for row in given.to_dict("records")]
+    results["candidate"] = [settings_label(row) for row in given.to_dict("records")]
     labels = [_label(entry) for entry in entries]
     unknown = sorted(set(results["candidate"]) - set(labels))
     if unknown:
         msg = f"results.csv has Pcsnet settings the config does not list: {unknown}"
+        raise ValueError(msg)
+    keys = ["candidate", K_SHOT, SEED]
+    duplicated = results.duplicated(subset=keys, keep=False)
+    if duplicated.any():
+        msg = f"Several results for the same settings, k and seed:\n{results.loc[duplicated, keys]}"
         raise ValueError(msg)
     table = results.groupby(["candidate", K_SHOT])[list(VALIDATION_METRICS)].agg(["mean", "std"])
     table[("n", "seeds")] = results.groupby(["candidate", K_SHOT])[SEED].nunique()
@@ -95,14 +113,17 @@ def choose(table: pd.DataFrame, image_tolerance: float = 0.01, pixel_tolerance: 
     """Apply the rule of the module docstring to a :func:`validation_table` (first candidate = reference)."""
     labels = list(dict.fromkeys(table.index.get_level_values(0)))
     reference = table.loc[labels[0]]
-    eligible = {}
+    eligible, worst_image_loss = {}, {}
     for label in labels[1:]:
         rows = table.loc[label]
+        image_loss = reference[("val_image_AUROC", "mean")] - rows[("val_image_AUROC", "mean")]
+        worst_image_loss[label] = float(image_loss.max())
         image_ok = (rows[("val_image_AUROC", "mean")] >= reference[("val_image_AUROC", "mean")] - image_tolerance).all()
         pixel_ok = (rows[("val_pixel_AUROC", "mean")] >= reference[("val_pixel_AUROC", "mean")] - pixel_tolerance).all()
         eligible[label] = bool(image_ok and pixel_ok)
     chosen = next((label for label, ok in eligible.items() if ok), None)
-    return Choice(table=table, eligible=eligible, chosen=chosen)
+    nearest = min(worst_image_loss, key=worst_image_loss.__getitem__)  # the first of equal values
+    return Choice(table=table, eligible=eligible, worst_image_loss=worst_image_loss, chosen=chosen, nearest=nearest)
 
 
 def to_markdown(choice: Choice, image_tolerance: float, pixel_tolerance: float) -> str:
@@ -113,32 +134,37 @@ def to_markdown(choice: Choice, image_tolerance: float, pixel_tolerance: float) 
         f"Validation AUROC (%), mean ± sample std over the k-shot seeds. Eligible: at every k, image AUROC at most "
         f"{100 * image_tolerance:g} and pixel AUROC at most {100 * pixel_tolerance:g} points below the reference.",
         "",
-        "| settings | metric | " + " | ".join(f"k={k}" for k in ks) + " | eligible |",
-        "| --- | --- | " + " | ".join("---:" for _ in ks) + " | --- |",
+        "| settings | metric | " + " | ".join(f"k={k}" for k in ks) + " | eligible | worst image loss |",
+        "| --- | --- | " + " | ".join("---:" for _ in ks) + " | --- | ---: |",
     ]
     for label in labels:
         verdict = "reference" if label == labels[0] else ("yes" if choice.eligible[label] else "no")
+        loss = "" if label == labels[0] else f"{100 * choice.worst_image_loss[label]:.1f}"
         for metric in VALIDATION_METRICS:
             cells = []
             for k in ks:
                 row = choice.table.loc[(label, k), metric]
                 mean, std = float(row["mean"]), float(row["std"])
                 cells.append(f"{100 * mean:.1f}" if math.isnan(std) else f"{100 * mean:.1f} ± {100 * std:.1f}")
-            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + f" | {verdict} |")
+            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + f" | {verdict} | {loss} |")
     lines += ["", f"Chosen: {choice.chosen or 'none (no candidate is eligible)'}."]
+    if choice.chosen is None:
+        loss = 100 * choice.worst_image_loss[choice.nearest]
+        lines.append(f"Nearest miss (smallest worst-case image AUROC loss, {loss:.1f} points): {choice.nearest}.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="results.csv of the k-shot benchmark run with --config")
+    parser.add_argument("results", nargs="+", help="results.csv file(s) of k-shot benchmark runs of --config's grid")
     parser.add_argument("--config", required=True, help="the benchmark config: reference first, candidates by cost")
     parser.add_argument("--image-tolerance", type=float, default=0.01, help="largest image AUROC loss (0-1)")
     parser.add_argument("--pixel-tolerance", type=float, default=0.02, help="largest pixel AUROC loss (0-1)")
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)
-    table = validation_table(pd.read_csv(args.results), candidates_from_config(args.config))
+    results = pd.concat([pd.read_csv(path) for path in args.results], ignore_index=True)
+    table = validation_table(results, candidates_from_config(args.config))
     choice = choose(table, args.image_tolerance, args.pixel_tolerance)
     report = to_markdown(choice, args.image_tolerance, args.pixel_tolerance)
     print(report)
