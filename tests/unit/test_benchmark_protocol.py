@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -13,6 +14,7 @@ from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 from pcsnet_anomalib import Pcsnet
 from pcsnet_anomalib.benchmark import Protocol
 from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC
+from pcsnet_anomalib.benchmark.select import candidates_from_config, choose, settings_label, validation_table
 from pcsnet_anomalib.data import KShotPcsnetDemo
 from pcsnet_anomalib.data.demo import generate_demo_dataset
 
@@ -172,17 +174,35 @@ def test_shipped_benchmark_configs_follow_the_protocol(name: str) -> None:
 
 
 def test_fast_demo_benchmark_differs_from_the_default_only_in_the_fast_preset() -> None:
-    """A fair accuracy comparison: same data, seeds, input and training; preset values as configs/mvtec_ad_fast.yaml."""
+    """A fair accuracy comparison: same data, seeds and input; preset values as configs/mvtec_ad_fast.yaml."""
     default = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo.yaml").read_text())
     fast = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo_fast.yaml").read_text())
-    fast_cli = yaml.safe_load((REPO / "configs" / "mvtec_ad_fast.yaml").read_text())["model"]["init_args"]
-    assert fast["protocol"] == default["protocol"]
+    fast_cli = yaml.safe_load((REPO / "configs" / "mvtec_ad_fast.yaml").read_text())
+    fast_args = fast_cli["model"]["init_args"]
+    without_trainer = ({k: v for k, v in config["protocol"].items() if k != "trainer"} for config in (fast, default))
+    assert next(without_trainer) == next(without_trainer)
     assert fast["benchmark"]["data"] == default["benchmark"]["data"]
     assert fast["benchmark"]["seed"] == default["benchmark"]["seed"]
     (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
     default_pcsnet = next(m for m in default["benchmark"]["model"]["grid"] if m["class_path"] == "Pcsnet")
-    preset = {"grid_stride", "cas_channels", "prior_channels"}
+    preset = {"grid_stride", "cas_channels", "prior_channels", "num_epochs"}
     assert {k: v for k, v in fast_pcsnet["init_args"].items() if k not in preset} == default_pcsnet["init_args"]
     args = fast_pcsnet["init_args"]
-    assert (args["grid_stride"], args["prior_channels"]) == (fast_cli["grid_stride"], fast_cli["prior_channels"])
-    assert args["cas_channels"] / 176 == fast_cli["cas_channels"] / 1792 == 0.25  # a quarter of the channels
+    assert (args["grid_stride"], args["prior_channels"]) == (fast_args["grid_stride"], fast_args["prior_channels"])
+    assert args["cas_channels"] / 176 == fast_args["cas_channels"] / 1792 == 0.25  # a quarter of the channels
+    # The preset's epochs are trained, not cut short by the trainer.
+    epochs = args["num_epochs"]
+    assert epochs == fast_args["num_epochs"] == fast_cli["trainer"]["max_epochs"]
+    assert fast["protocol"]["trainer"]["Pcsnet"]["max_epochs"] == epochs
+
+
+def test_the_shipped_fast_preset_is_the_one_chosen_on_validation_scores() -> None:
+    """configs/benchmark_kshot_demo_fast.yaml holds the selection rule's choice on the committed validation results."""
+    results = pd.concat(
+        [pd.read_csv(path) for path in sorted((REPO / "benchmarks/results/fast_preset_selection").glob("*.csv"))]
+    )
+    entries = candidates_from_config(REPO / "configs" / "benchmark_kshot_demo_fast_selection.yaml")
+    choice = choose(validation_table(results, entries))
+    fast = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo_fast.yaml").read_text())
+    (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
+    assert choice.chosen == settings_label(fast_pcsnet["init_args"])
