@@ -113,13 +113,13 @@ def choose(table: pd.DataFrame, image_tolerance: float = 0.01, pixel_tolerance: 
     """Apply the rule of the module docstring to a :func:`validation_table` (first candidate = reference)."""
     labels = list(dict.fromkeys(table.index.get_level_values(0)))
     reference = table.loc[labels[0]]
+    reference_image, reference_pixel = (reference[(metric, "mean")] for metric in VALIDATION_METRICS)
     eligible, worst_image_loss = {}, {}
     for label in labels[1:]:
-        rows = table.loc[label]
-        image_loss = reference[("val_image_AUROC", "mean")] - rows[("val_image_AUROC", "mean")]
-        worst_image_loss[label] = float(image_loss.max())
-        image_ok = (rows[("val_image_AUROC", "mean")] >= reference[("val_image_AUROC", "mean")] - image_tolerance).all()
-        pixel_ok = (rows[("val_pixel_AUROC", "mean")] >= reference[("val_pixel_AUROC", "mean")] - pixel_tolerance).all()
+        image, pixel = (table.loc[label][(metric, "mean")] for metric in VALIDATION_METRICS)
+        worst_image_loss[label] = float((reference_image - image).max())
+        image_ok = (image >= reference_image - image_tolerance).all()
+        pixel_ok = (pixel >= reference_pixel - pixel_tolerance).all()
         eligible[label] = bool(image_ok and pixel_ok)
     chosen = next((label for label, ok in eligible.items() if ok), None)
     nearest = min(worst_image_loss, key=worst_image_loss.__getitem__)  # the first of equal values

@@ -45,17 +45,17 @@ class PrototypeMemory(DynamicBufferMixin):
 
     def distances(self, descriptor: torch.Tensor) -> torch.Tensor:
         """Euclidean distances ``(B, H*W, N)`` from each position of ``descriptor (B, C, H, W)`` to all prototypes."""
-        queries, partial = self._partial_squared_distances(descriptor)
-        return _to_distances(partial + queries.pow(2).sum(dim=2, keepdim=True))
+        query_sq_norms, partial = self._partial_squared_distances(descriptor)
+        return _to_distances(partial + query_sq_norms)
 
     def nearest(self, descriptor: torch.Tensor, count: int) -> torch.Tensor:
         """The ``count`` smallest distances ``(B, H*W, count)`` per position of ``descriptor``, ascending."""
-        queries, partial = self._partial_squared_distances(descriptor)
+        query_sq_norms, partial = self._partial_squared_distances(descriptor)
         smallest = torch.topk(partial, count, dim=-1, largest=False).values
-        return _to_distances(smallest + queries.pow(2).sum(dim=2, keepdim=True))
+        return _to_distances(smallest + query_sq_norms)
 
     def _partial_squared_distances(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries ``(B, HW, C)`` of ``descriptor`` and ``|c|^2 - 2 f.c`` ``(B, HW, N)``."""
+        """``|f|^2`` ``(B, HW, 1)`` of the queries of ``descriptor`` and ``|c|^2 - 2 f.c`` ``(B, HW, N)``."""
         if not self.is_initialized:
             msg = "Prototypes are not initialised: train the model (or load a trained checkpoint) before inference."
             raise RuntimeError(msg)
@@ -66,7 +66,7 @@ class PrototypeMemory(DynamicBufferMixin):
             self.prototypes.t().expand(queries.shape[0], -1, -1),
             alpha=-2.0,
         )
-        return queries, partial
+        return queries.pow(2).sum(dim=2, keepdim=True), partial
 
 
 def _to_distances(squared: torch.Tensor) -> torch.Tensor:
