@@ -58,6 +58,7 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def main() -> None:
+    """Command line: train or load a Pcsnet, export it, time each runtime and print the latency/parity table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs on the demo data (0: none)")

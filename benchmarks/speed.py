@@ -37,8 +37,6 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pcsnet_anomalib.parity import import_authors_modules
-
 REPO = Path(__file__).resolve().parents[1]
 # The fast CPU preset (coarser grid, narrower CAS, shorter prior), as shipped for anomalib's CLI.
 _FAST_CONFIG = yaml.safe_load((REPO / "configs" / "mvtec_ad_fast.yaml").read_text())["model"]["init_args"]
@@ -99,6 +97,9 @@ def _build_authors(args: argparse.Namespace, fit: torch.Tensor) -> _Bench:
     if args.image_size != 224 or args.backbone != "wide_resnet50_2":
         msg = "The official modules are fixed to wide_resnet50_2 at 224 px."
         raise ValueError(msg)
+    # tools/ is not installed: importable from a checkout (editable install, or PYTHONPATH=<repository root>).
+    from tools.parity_mapping import import_authors_modules
+
     authors = import_authors_modules(args.authors_code)
     backbone = authors.backbone(pretrained=False).eval()
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -153,7 +154,7 @@ def _build_authors(args: argparse.Namespace, fit: torch.Tensor) -> _Bench:
 
 
 def _random_torchvision_extractor(backbone: str, return_nodes: list[str]) -> nn.Module:
-    """anomalib's Cfa extractor with random weights (its own loads pretrained ones)."""
+    """Build anomalib's Cfa extractor with random weights (its own loads pretrained ones)."""
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor
 
@@ -273,8 +274,10 @@ def matmul_rate(size: int = 2048, repeats: int = 3) -> float:
 def _table(results: list[dict[str, object]], rate: float) -> str:
     reference = {r["kind"]: r["median_s"] for r in results if r["model"] == "authors"}
     rows = [
-        "| model | measurement | batch | median ms | min ms | images/s | GFLOP/image | share of matmul rate "
-        "| peak RSS MiB | RSS increase MiB | speed-up vs official | load avg before/after |",
+        (
+            "| model | measurement | batch | median ms | min ms | images/s | GFLOP/image | share of matmul rate "
+            "| peak RSS MiB | RSS increase MiB | speed-up vs official | load avg before/after |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -309,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    """Command line: run each measurement in its own subprocess (or, as that child, one) and print the table."""
     args = _parser().parse_args()
     if args.model:
         print("RESULT " + json.dumps(measure(args)))

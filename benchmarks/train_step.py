@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from pcsnet_anomalib.models.pcsnet import PcsnetLoss, PcsnetModel
-from pcsnet_anomalib.synthesis import PatchExchange, load_preset
+from pcsnet_anomalib.models.pcsnet import PatchExchange, PcsnetLoss, PcsnetModel, load_preset
 
 
 def main() -> None:
+    """Command line: time the synthesis and whole training steps, print their medians and the ratio."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="wide_resnet50_2")
     parser.add_argument("--size", type=int, default=224)

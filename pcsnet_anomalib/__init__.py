@@ -15,7 +15,7 @@ __all__ = [
     "PredictionWriter",
     "load_preset",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Last: make Pcsnet and PcsnetDemo visible to anomalib's lookups (also done by the start-up hook).
 from pcsnet_anomalib._plugin import register as _register

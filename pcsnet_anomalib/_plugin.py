@@ -105,7 +105,9 @@ def register_classes(package: str, models: dict[str, str], datamodules: dict[str
         for name, target in table.items():
             try:
                 cls = _load(target)
-            except Exception as exc:
+            # This runs inside anomalib's own imports: whatever a class's import raises must become a warning,
+            # never an error that breaks ``import anomalib.models`` for every user of the environment.
+            except Exception as exc:  # noqa: BLE001
                 logger.warning("Could not register %s (%s): %s: %s", name, target, type(exc).__name__, exc)
                 ok = False
                 continue

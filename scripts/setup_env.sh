@@ -17,5 +17,5 @@ else
   TORCH=("torch==2.9.1" "torchvision==0.24.1")
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TORCH[@]}"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[demo,export,dev]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[demo,export,dev,benchmark]"
 touch "$STAMP"

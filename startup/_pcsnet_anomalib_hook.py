@@ -41,7 +41,9 @@ def load_entry_points(group: str = GROUP) -> list[str]:
     seen: set[str] = set()
     try:
         found = entry_points(group=group)
-    except Exception as exc:
+    # A broken distribution's metadata can raise anything here; the hook runs inside an anomalib import that
+    # must not fail because of it.
+    except Exception as exc:  # noqa: BLE001
         logger.warning("Could not read the %r entry points: %s: %s", group, type(exc).__name__, exc)
         return loaded
     for entry_point in found:
@@ -52,6 +54,7 @@ def load_entry_points(group: str = GROUP) -> list[str]:
             target = entry_point.load()
             if callable(target):
                 target()
+        # A plugin may raise anything while loading; one broken plugin must not break anomalib or the others.
         except Exception as exc:
             logger.warning(
                 "anomalib plugin %r (%s) failed to load and is skipped: %s: %s",
@@ -167,7 +170,8 @@ class PluginHook:
         self._firing = True
         try:
             self.callback()
-        except Exception as exc:
+        # The import that triggered the hook must never see the callback's error, whatever it is.
+        except Exception as exc:  # noqa: BLE001
             import logging
 
             logging.getLogger(LOGGER_NAME).warning("anomalib plugin hook failed: %s: %s", type(exc).__name__, exc)

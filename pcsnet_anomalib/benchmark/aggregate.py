@@ -93,9 +93,9 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.Dat
         average = per_seed_average.groupby([MODEL, K_SHOT])[metric].agg(["mean", "std", "count"]).reset_index()
         average[CATEGORY] = AVERAGE
         for frame in (per_category, average):
-            frame = frame.rename(columns={CATEGORY: "category", MODEL: "model", K_SHOT: "k", "count": "n"})
-            frame["metric"] = metric
-            rows.append(frame[SUMMARY_COLUMNS])
+            renamed = frame.rename(columns={CATEGORY: "category", MODEL: "model", K_SHOT: "k", "count": "n"})
+            renamed["metric"] = metric
+            rows.append(renamed[SUMMARY_COLUMNS])
     if not rows:
         msg = f"None of the metrics {list(metrics)} is in the results (columns: {list(results.columns)})."
         raise ValueError(msg)
@@ -190,8 +190,8 @@ def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None 
         msg = "No image_AUROC in the summary: cannot plot image AUROC against k."
         raise ValueError(msg)
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for model, rows in average.groupby("model"):
-        rows = rows.sort_values("k")
+    for model, group in average.groupby("model"):
+        rows = group.sort_values("k")
         axes.errorbar(
             rows["k"], 100 * rows["mean"], yerr=100 * rows["std"].fillna(0), marker="o", capsize=3, label=model
         )

@@ -44,8 +44,7 @@ import pandas as pd
 import torch
 from anomalib.data import get_datamodule
 from anomalib.engine import Engine
-from anomalib.metrics import AUPRO, AUROC, BinaryPrecisionRecallCurve, Evaluator, F1Score
-from anomalib.metrics.auroc import _AUROC
+from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.metrics.base import AnomalibMetric
 from anomalib.models import AnomalibModule, get_model
 from anomalib.pipelines.benchmark import Benchmark
@@ -61,6 +60,7 @@ from anomalib.utils.logging import hide_output
 from lightning import seed_everything
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize, Transform
 
+from pcsnet_anomalib._upstream import RawScoreROC
 from pcsnet_anomalib.backbones.weights import register_packaged_timm_weights
 
 logger = logging.getLogger(__name__)
@@ -68,21 +68,14 @@ logger = logging.getLogger(__name__)
 _GEOMETRIC = (Resize, CenterCrop)
 
 
-class _RawScoreROC(_AUROC):
-    """anomalib's AUROC computation, fed with every score as it is."""
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Store ``preds`` unchanged: anomalib's own no-sigmoid update (same states as torchmetrics' ROC)."""
-        BinaryPrecisionRecallCurve.update(self, preds, target)
-
-
-class RawScoreAUROC(AnomalibMetric, _RawScoreROC):  # type: ignore[misc]
+class RawScoreAUROC(AnomalibMetric, RawScoreROC):  # type: ignore[misc]
     """AUROC of scores that are not normalised to [0, 1]: validation, before anomalib's post-processor.
 
     torchmetrics takes an update whose scores leave [0, 1] for logits and applies a sigmoid to that update only
     (torchmetrics#1526), so batches with and without a score outside [0, 1] are ranked on different scales.
     Raw PCSNet maps are slightly below 0 or above 1 in some batches. anomalib's test metrics are safe (they see
-    the post-processor's [0, 1] scores), and its threshold metric skips the sigmoid, as this one does.
+    the post-processor's [0, 1] scores), and its threshold metric skips the sigmoid, as this one does. The
+    tensor-level part is :class:`pcsnet_anomalib._upstream.RawScoreROC` (it subclasses a private anomalib class).
     """
 
     def __init__(self, fields: Sequence[str], prefix: str = "", **kwargs: Any) -> None:
@@ -134,7 +127,7 @@ class Protocol:
         return PreProcessor(transform=Compose([*geometry, *kept]))
 
     def evaluator(self) -> Evaluator:
-        """anomalib's default test metrics (plus pixel AUPRO when ``aupro`` is set) and validation AUROCs."""
+        """Test metrics as anomalib's defaults (plus pixel AUPRO when ``aupro`` is set), and the validation AUROCs."""
         validation = [
             RawScoreAUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
             RawScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),

@@ -1,6 +1,6 @@
-"""Choose among PCSNet settings on validation scores only: the cheapest candidate that keeps the reference's accuracy.
+r"""Choose among PCSNet settings on validation scores only: the cheapest candidate that keeps the reference's accuracy.
 
-    python -m pcsnet_anomalib.benchmark.select --config configs/benchmark_kshot_demo_fast_selection.yaml \\
+    python -m pcsnet_anomalib.benchmark.select --config configs/benchmark_kshot_demo_fast_selection.yaml \
         runs/benchmark/<date>/results.csv --output benchmarks/results/fast_preset_selection.md
 
 The config is the k-shot benchmark config that produced ``results.csv`` (several files: parts of its grid run
@@ -131,8 +131,11 @@ def to_markdown(choice: Choice, image_tolerance: float, pixel_tolerance: float) 
     ks = list(dict.fromkeys(choice.table.index.get_level_values(1)))
     labels = list(dict.fromkeys(choice.table.index.get_level_values(0)))
     lines = [
-        f"Validation AUROC (%), mean ± sample std over the k-shot seeds. Eligible: at every k, image AUROC at most "
-        f"{100 * image_tolerance:g} and pixel AUROC at most {100 * pixel_tolerance:g} points below the reference.",
+        (
+            f"Validation AUROC (%), mean ± sample std over the k-shot seeds. Eligible: at every k, image AUROC at "
+            f"most {100 * image_tolerance:g} and pixel AUROC at most {100 * pixel_tolerance:g} points below the "
+            "reference."
+        ),
         "",
         "| settings | metric | " + " | ".join(f"k={k}" for k in ks) + " | eligible | worst image loss |",
         "| --- | --- | " + " | ".join("---:" for _ in ks) + " | --- | ---: |",

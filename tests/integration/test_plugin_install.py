@@ -141,8 +141,17 @@ def test_wheel_ships_the_hook_and_the_entry_point(wheel: Path) -> None:
         assert archive.read("pcsnet_anomalib.pth") == (REPO / "startup" / "pcsnet_anomalib.pth").read_bytes()
         (entry_points,) = (name for name in names if name.endswith(".dist-info/entry_points.txt"))
         text = archive.read(entry_points).decode()
+        (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
+        fields = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
     assert "[anomalib.plugins]" in text
     assert "pcsnet = pcsnet_anomalib._plugin:register" in text
+    assert not any("parity" in name for name in names), "the parity tooling lives in tools/, not in the package"
+    version = re.search(r'^__version__ = "(.+)"$', (REPO / "pcsnet_anomalib" / "__init__.py").read_text(), re.M)
+    assert version is not None
+    assert f"Version: {version[1]}" in fields  # one source of truth: hatch reads __version__
+    assert "Provides-Extra: benchmark" in fields
+    core = [f for f in fields if f.startswith("Requires-Dist:") and "extra ==" not in f]
+    assert not any(name in f for f in core for name in ("pandas", "matplotlib")), core
 
 
 def test_hook_is_active_at_start_up_and_light(installed: Env, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_safetensors_file(tmp_path: Path, resnet18_file: tuple[Path, torch.nn.Mo
 
 
 def test_flattened_feature_module_names(tmp_path: Path) -> None:
-    """timm renames ``stages.0`` to ``stages_0`` in FeatureListNet; the loader maps them back."""
+    """The loader maps timm's FeatureListNet names (``stages_0``) back to the file's (``stages.0``)."""
     torch.manual_seed(0)
     model = timm.create_model("convnext_atto", pretrained=False).eval()
     path = tmp_path / "convnext.pth"

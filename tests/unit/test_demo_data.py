@@ -79,7 +79,8 @@ def test_generate_rejects_bad_arguments(tmp_path: Path) -> None:
 
 def test_cache_is_reused(cached_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*_args: object, **_kwargs: object) -> Path:
-        raise AssertionError("a complete cache must not be regenerated")
+        msg = "a complete cache must not be regenerated"
+        raise AssertionError(msg)
 
     monkeypatch.setattr(demo_module, "generate_demo_dataset", fail)
     assert demo_dataset_root(cached_root) == cached_root

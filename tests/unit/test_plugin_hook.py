@@ -155,7 +155,8 @@ def test_failing_callback_logs_a_warning_and_the_import_succeeds(
     fake_package: str, make_hook: Callable[..., object], caplog: pytest.LogCaptureFixture
 ) -> None:
     def callback() -> None:
-        raise ValueError("plugin exploded")
+        msg = "plugin exploded"
+        raise ValueError(msg)
 
     make_hook(fake_package, callback)
     with caplog.at_level(logging.WARNING, logger="pcsnet_anomalib"):

@@ -9,6 +9,9 @@ run with the same randomly initialised weights; :func:`copy_mapped_weights` copi
 refuses to leave a target tensor unset. :func:`compare` and :func:`format_report` measure and
 tabulate the differences. ``tools/parity.py`` runs the official modules; the tests run the
 same logic against a re-implementation of their CAS naming, without their code.
+
+Development tooling, not installed with the package: import it from a checkout (editable install,
+or ``PYTHONPATH`` set to the repository root).
 """
 
 import re
@@ -83,6 +86,8 @@ def copy_mapped_weights(
 
     Every target tensor whose key starts with one of ``target_prefixes`` must receive a value,
     with the same shape, so that a stale mapping fails loudly instead of comparing random weights.
+    Entries that are not tensors (a module's ``_extra_state``, e.g. a random generator's state) are
+    not weights and are left as they are.
     """
     target_state = target.state_dict()
     copied: dict[str, torch.Tensor] = {}
@@ -98,7 +103,9 @@ def copy_mapped_weights(
             raise ValueError(msg)
         copied[key] = tensor
     prefixes = tuple(target_prefixes)
-    missing = [k for k in target_state if k.startswith(prefixes) and k not in copied]
+    missing = [
+        k for k, v in target_state.items() if isinstance(v, torch.Tensor) and k.startswith(prefixes) and k not in copied
+    ]
     if missing:
         msg = f"Target tensors left unset by the mapping: {missing}"
         raise ValueError(msg)
@@ -162,11 +169,11 @@ def format_report(differences: Iterable[Difference]) -> str:
         "| quantity | max abs diff | max rel diff | max abs reference | tolerance (rel to max) | within | note |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for d in differences:
-        rows.append(
-            f"| {d.name} | {d.max_abs:.3g} | {d.max_rel:.3g} | {d.reference_scale:.3g} | {d.rtol:g} "
-            f"| {'yes' if d.passed else ('deviation' if d.deviation else 'NO')} | {d.note} |",
-        )
+    rows.extend(
+        f"| {d.name} | {d.max_abs:.3g} | {d.max_rel:.3g} | {d.reference_scale:.3g} | {d.rtol:g} "
+        f"| {'yes' if d.passed else ('deviation' if d.deviation else 'NO')} | {d.note} |"
+        for d in differences
+    )
     return "\n".join(rows)
 
 
