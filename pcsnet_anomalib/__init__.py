@@ -1,11 +1,18 @@
-"""pcsnet-anomalib: the PCSNet few-shot anomaly detection model as an anomalib plugin."""
+"""pcsnet-anomalib: few-shot anomaly detection models as an anomalib plugin (PCSNet).
+
+Layers, each importing only from those before it: ``data`` (datamodules, the k-shot protocol) <- ``models``
+<- ``callbacks`` (opt-in, for any anomalib model) <- ``benchmark`` (behind the ``benchmark`` extra, not
+imported here).
+"""
 
 from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
-from pcsnet_anomalib.data import PcsnetDemo
-from pcsnet_anomalib.models import Pcsnet, PcsnetModel
-from pcsnet_anomalib.synthesis import PatchExchange, PatchExchangeConfig, load_preset
+from pcsnet_anomalib.data import KShotMPDD, KShotMVTecAD, KShotPcsnetDemo, PcsnetDemo, select_k_shot
+from pcsnet_anomalib.models import PatchExchange, PatchExchangeConfig, Pcsnet, PcsnetModel, load_preset
 
 __all__ = [
+    "KShotMPDD",
+    "KShotMVTecAD",
+    "KShotPcsnetDemo",
     "KShotSelection",
     "PatchExchange",
     "PatchExchangeConfig",
@@ -14,6 +21,7 @@ __all__ = [
     "PcsnetModel",
     "PredictionWriter",
     "load_preset",
+    "select_k_shot",
 ]
 __version__ = "0.2.0"
 

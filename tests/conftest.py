@@ -2,9 +2,11 @@
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Settings for a small, randomly initialised model that trains in seconds on a CPU.
@@ -74,3 +76,17 @@ def make_mvtec(tmp_path: Path) -> Callable[..., Path]:
         return write_mvtec_dataset(tmp_path / "data", **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+def state_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Names of the entries of two state dicts that differ: tensors bit for bit, extra states (dicts) by value."""
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return a.shape == b.shape and torch.equal(a, b)
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+        return a == b
+
+    names = sorted(expected.keys() | actual.keys())
+    return [name for name in names if name not in expected or name not in actual or not same(expected[name], actual[name])]

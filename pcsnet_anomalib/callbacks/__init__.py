@@ -1,7 +1,6 @@
-"""Lightning callbacks: k-shot selection (any anomalib model), a resumable training loader, prediction files."""
+"""Opt-in Lightning callbacks any anomalib model can take: k-shot selection, prediction files."""
 
 from .kshot import KShotSelection
 from .predictions import PredictionWriter
-from .resumable import ResumableTrainLoader
 
-__all__ = ["KShotSelection", "PredictionWriter", "ResumableTrainLoader"]
+__all__ = ["KShotSelection", "PredictionWriter"]

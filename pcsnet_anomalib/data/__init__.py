@@ -1,4 +1,7 @@
-"""Data: an offline demo dataset in MVTec AD layout, and k-shot variants of it, MVTec AD and MPDD."""
+"""Data: the offline demo dataset in MVTec AD layout, the k-shot protocol, resumable training loaders.
+
+The bottom layer of the package: it imports nothing from ``models``, ``callbacks`` or ``benchmark``.
+"""
 
 from pcsnet_anomalib.data.demo import (
     DEFECT_TYPES,
@@ -8,7 +11,16 @@ from pcsnet_anomalib.data.demo import (
     generate_demo_dataset,
     resolve_demo_root,
 )
-from pcsnet_anomalib.data.kshot import KShotMixin, KShotMPDD, KShotMVTecAD, KShotPcsnetDemo
+from pcsnet_anomalib.data.kshot import (
+    KShotMixin,
+    KShotMPDD,
+    KShotMVTecAD,
+    KShotPcsnetDemo,
+    check_k_shot,
+    restrict_to,
+    select_k_shot,
+)
+from pcsnet_anomalib.data.resumable import ResumableDataLoader, ResumableTrainLoaderMixin
 
 __all__ = [
     "DEFECT_TYPES",
@@ -18,7 +30,12 @@ __all__ = [
     "KShotMixin",
     "KShotPcsnetDemo",
     "PcsnetDemo",
+    "ResumableDataLoader",
+    "ResumableTrainLoaderMixin",
+    "check_k_shot",
     "demo_dataset_root",
     "generate_demo_dataset",
     "resolve_demo_root",
+    "restrict_to",
+    "select_k_shot",
 ]

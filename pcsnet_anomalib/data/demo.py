@@ -29,6 +29,8 @@ from anomalib.data.utils import TestSplitMode, ValSplitMode
 from PIL import Image
 from torchvision.transforms.v2 import Transform
 
+from pcsnet_anomalib.data.resumable import ResumableTrainLoaderMixin
+
 logger = logging.getLogger(__name__)
 
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
@@ -355,12 +357,13 @@ def _move_into_place(staging: Path, target: Path, replace_ours: bool) -> None:
             shutil.rmtree(retired)
 
 
-class PcsnetDemo(MVTecAD):
+class PcsnetDemo(ResumableTrainLoaderMixin, MVTecAD):
     """MVTec AD datamodule over the generated demo dataset (no download; generated on first use).
 
     The validation split is half of the test folder (``val_split_mode="from_test"``), chosen per label with
-    ``seed``, so adaptive thresholds are picked on images disjoint from the reported test images. ``seed`` only
-    drives this split; the images themselves always come from the fixed demo seed.
+    ``seed``, so adaptive thresholds are picked on images disjoint from the reported test images. ``seed`` drives
+    this split and the training order (resumable mid-epoch, :class:`ResumableTrainLoaderMixin`); the images
+    themselves always come from the fixed demo seed.
 
     Args:
         root: dataset folder; ``None`` uses ``$PCSNET_DEMO_ROOT`` or ``~/.cache/pcsnet_anomalib/demo_v1``.

@@ -1,141 +1,152 @@
-"""Datamodules with a k-shot training set, so every model of a benchmark trains on the same k images.
+"""The few-shot protocol as a data concern: which k normal images train, chosen by a seed.
 
-``anomalib benchmark`` builds each job's Engine itself (no per-run callbacks), so the k-shot
-choice has to live in the datamodule there: ``data.init_args.k_shot`` and ``k_shot_seed`` can be
-grids shared by every model. The choice is :class:`~pcsnet_anomalib.callbacks.KShotSelection`'s,
-applied after the validation split, so validation never draws from the k images.
+:func:`select_k_shot` is the one selection rule (a pure function of the dataset, ``k`` and the seed);
+:func:`restrict_to` keeps those images of a dataset. Two ways to use them:
+
+- the k-shot datamodules (:class:`KShotMVTecAD`, :class:`KShotMPDD`, :class:`KShotPcsnetDemo`, or any
+  anomalib datamodule with :class:`KShotMixin` in front), which choose after their validation split, so
+  validation never draws from the k images. ``anomalib benchmark`` builds each job's Engine itself (no
+  per-run callbacks), so there ``data.init_args.k_shot`` / ``k_shot_seed`` are grids shared by every model;
+- the opt-in callback ``pcsnet_anomalib.callbacks.KShotSelection``, for a datamodule you cannot change.
 """
 
 import logging
-from pathlib import Path
+from typing import Any
 
+import numpy as np
 from anomalib.data import MPDD, MVTecAD
-from anomalib.data.utils import TestSplitMode, ValSplitMode
 
-from pcsnet_anomalib.callbacks import KShotSelection
 from pcsnet_anomalib.data.demo import PcsnetDemo
+from pcsnet_anomalib.data.resumable import ResumableTrainLoaderMixin
 
 logger = logging.getLogger(__name__)
 
 
-class KShotMixin:
+def check_k_shot(k_shot: int | None) -> None:
+    """Raise ``ValueError`` unless ``k_shot`` is a positive number of images or ``None`` (all images)."""
+    if k_shot is not None and (isinstance(k_shot, bool) or not isinstance(k_shot, int) or k_shot < 1):
+        msg = f"k_shot must be a positive number of images or None (all images), got {k_shot!r}."
+        raise ValueError(msg)
+
+
+def select_k_shot(dataset: Any, k_shot: int | None, seed: int) -> list[str]:
+    """Image paths of ``k_shot`` normal images of ``dataset`` (an anomalib dataset), sorted; ``None`` = all of them.
+
+    A pure function of the dataset's normal image paths (as a set), ``k_shot`` and ``seed``: the same arguments
+    choose the same images, whatever the order of the samples or any random state.
+    """
+    check_k_shot(k_shot)
+    samples = dataset.samples
+    normal_paths = sorted(samples.image_path[samples.label_index == 0].tolist())
+    category = getattr(dataset, "category", None) or "this dataset"
+    if not normal_paths:
+        msg = f"The training set of {category} has no normal images: check the dataset root and category."
+        raise ValueError(msg)
+    if k_shot is None:
+        return normal_paths
+    if k_shot > len(normal_paths):
+        msg = (
+            f"k_shot={k_shot} but the training set of {category} has only {len(normal_paths)} normal "
+            f"images: set k_shot to at most {len(normal_paths)}, or None to use all of them."
+        )
+        raise ValueError(msg)
+    chosen = np.random.default_rng(seed).choice(len(normal_paths), size=k_shot, replace=False)
+    return sorted(normal_paths[index] for index in chosen)
+
+
+def restrict_to(dataset: Any, paths: list[str]) -> Any:
+    """``dataset`` restricted to the samples whose image path is in ``paths`` (``dataset`` itself if all are)."""
+    chosen = set(paths)
+    keep = [index for index, path in enumerate(dataset.samples.image_path) if path in chosen]
+    return dataset if len(keep) == len(dataset) else dataset.subsample(keep)
+
+
+class KShotMixin(ResumableTrainLoaderMixin):
     """Restrict an anomalib datamodule's training set to ``k_shot`` normal images after its validation split.
 
-    Put it before the datamodule class in the bases and call :meth:`_init_kshot` in ``__init__``.
-    ``few_shot_paths`` holds the chosen files after setup; a model's own k-shot selection
-    (``Pcsnet(k_shot=...)``) then keeps them instead of choosing again.
+    Put it before the datamodule class in the bases and call :meth:`_init_k_shot` in ``__init__``, after the
+    parent's ``__init__``. ``few_shot_paths`` holds the chosen files after setup; they are saved in checkpoints
+    (the datamodule's ``state_dict``). The training loader is resumable mid-epoch
+    (:class:`~pcsnet_anomalib.data.resumable.ResumableTrainLoaderMixin`).
     """
 
     category: str
 
-    def _init_kshot(self, k_shot: int | None, k_shot_seed: int) -> None:
-        self.selection = KShotSelection(k_shot=k_shot, seed=k_shot_seed)
+    def _init_k_shot(self, k_shot: int | None, k_shot_seed: int) -> None:
+        check_k_shot(k_shot)
+        self.k_shot = k_shot
+        self.k_shot_seed = k_shot_seed
         self.few_shot_paths: list[str] | None = None
 
     def _create_val_split(self) -> None:
         """Split validation off first, then keep the k-shot images of what remains for training."""
         super()._create_val_split()  # type: ignore[misc]
-        self.train_data = self.selection.subsample(self.train_data)
-        self.few_shot_paths = self.selection.selected_paths
+        self.few_shot_paths = select_k_shot(self.train_data, self.k_shot, self.k_shot_seed)
+        self.train_data = restrict_to(self.train_data, self.few_shot_paths)
         logger.info(
             "%s %s: k_shot=%s, seed=%d: %s",
             type(self).__name__,
             self.category,
-            self.selection.k_shot,
-            self.selection.seed,
+            self.k_shot,
+            self.k_shot_seed,
             ", ".join(self.few_shot_paths),
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The chosen training images, saved in Lightning checkpoints."""
+        return {"k_shot": self.k_shot, "k_shot_seed": self.k_shot_seed, "few_shot_paths": self.few_shot_paths}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Warn when a checkpoint's training images differ from this datamodule's choice."""
+        saved = state_dict.get("few_shot_paths")
+        if saved is not None and self.few_shot_paths is not None and saved != self.few_shot_paths:
+            logger.warning(
+                "The checkpoint was trained on other images (%s) than %s chose (%s).",
+                ", ".join(saved),
+                type(self).__name__,
+                ", ".join(self.few_shot_paths),
+            )
+
 
 class KShotMVTecAD(KShotMixin, MVTecAD):
-    """MVTec AD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``."""
+    """MVTec AD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
 
-    def __init__(
-        self,
-        root: Path | str = "./datasets/MVTecAD",
-        category: str = "bottle",
-        k_shot: int | None = 8,
-        k_shot_seed: int = 0,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            category=category,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
-        self._init_kshot(k_shot, k_shot_seed)
+    Args:
+        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
+        k_shot_seed: seeds the choice.
+        **kwargs: every argument of ``anomalib.data.MVTecAD``.
+    """
+
+    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_k_shot(k_shot, k_shot_seed)
 
 
 class KShotMPDD(KShotMixin, MPDD):
-    """MPDD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``."""
+    """MPDD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
 
-    def __init__(
-        self,
-        root: Path | str = "./datasets/MPDD",
-        category: str = "bracket_black",
-        k_shot: int | None = 8,
-        k_shot_seed: int = 0,
-        train_batch_size: int = 32,
-        eval_batch_size: int = 32,
-        num_workers: int = 8,
-        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            category=category,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
-        self._init_kshot(k_shot, k_shot_seed)
+    Args:
+        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
+        k_shot_seed: seeds the choice.
+        **kwargs: every argument of ``anomalib.data.MPDD``.
+    """
+
+    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_k_shot(k_shot, k_shot_seed)
 
 
 class KShotPcsnetDemo(KShotMixin, PcsnetDemo):
     """The offline demo data (:class:`PcsnetDemo`) with a ``k_shot`` training set chosen with ``k_shot_seed``.
 
     Validation is a seeded half of the test folder (``val_split_mode=from_test``), as in ``PcsnetDemo``.
+
+    Args:
+        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
+        k_shot_seed: seeds the choice.
+        **kwargs: every argument of :class:`PcsnetDemo`.
     """
 
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        category: str = "brick",
-        k_shot: int | None = 8,
-        k_shot_seed: int = 0,
-        train_batch_size: int = 2,
-        eval_batch_size: int = 8,
-        num_workers: int = 0,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = 0,
-    ) -> None:
-        super().__init__(
-            root=root,
-            category=category,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-        )
-        self._init_kshot(k_shot, k_shot_seed)
+    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._init_k_shot(k_shot, k_shot_seed)

@@ -9,12 +9,15 @@ served: Lightning saves that with ``state_dict`` in every checkpoint and restore
 ``load_state_dict``, so a resumed epoch serves exactly the batches that were left.
 """
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+
+logger = logging.getLogger(__name__)
 
 # Settings of a DataLoader carried over by ResumableDataLoader.from_dataloader (all but the sampling).
 _LOADER_SETTINGS = (
@@ -54,9 +57,11 @@ class EpochSeededSampler(Sampler[int]):
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples).tolist()
 
     def __iter__(self) -> Iterator[int]:
+        """The indices of the current epoch from ``first_index`` on."""
         return iter(self.order()[self.first_index :])
 
     def __len__(self) -> int:
+        """All indices of an epoch (Lightning counts the batches of a full epoch)."""
         return self.num_samples
 
 
@@ -126,3 +131,28 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Make the next iteration of epoch ``state_dict["epoch"]`` skip the batches already served."""
         self._resume = (state_dict["epoch"], state_dict["batches_served"])
+
+
+class ResumableTrainLoaderMixin:
+    """Datamodule mixin: the training loader is a :class:`ResumableDataLoader` (order seeded, resumable mid-epoch).
+
+    Put it before an anomalib datamodule class in the bases. The training order of each epoch follows from the
+    datamodule's ``seed`` (0 when it is ``None``) and the epoch alone, and Lightning's checkpoints record the
+    position in the epoch, so an interrupted fit resumes with exactly the batches that were left. Under a
+    distributed strategy Lightning's ``DistributedSampler`` (seeded by the epoch too) is used instead; it resumes
+    at epoch boundaries only. A datamodule whose loader has a custom sampler keeps it.
+    """
+
+    seed: int | None
+    trainer: Any
+
+    def train_dataloader(self) -> Any:
+        """The parent's training loader, made resumable."""
+        loader = super().train_dataloader()  # type: ignore[misc]
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed or not isinstance(loader, DataLoader):
+            return loader
+        resumable = ResumableDataLoader.from_dataloader(loader, seed=self.seed if self.seed is not None else 0)
+        if resumable is loader:
+            logger.info("Training loader has a custom sampler: kept, resumable at epoch boundaries only.")
+        return resumable

@@ -1,5 +1,5 @@
 """Models of pcsnet-anomalib, shaped like anomalib's own model folders."""
 
-from .pcsnet import Pcsnet, PcsnetModel
+from .pcsnet import PatchExchange, PatchExchangeConfig, Pcsnet, PcsnetModel, load_preset
 
-__all__ = ["Pcsnet", "PcsnetModel"]
+__all__ = ["PatchExchange", "PatchExchangeConfig", "Pcsnet", "PcsnetModel", "load_preset"]

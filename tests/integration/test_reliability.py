@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
-from pcsnet_anomalib import Pcsnet
+from pcsnet_anomalib import KShotMVTecAD, Pcsnet
 from pcsnet_anomalib.models.pcsnet.lightning_model import NonFiniteLossError
 from pcsnet_anomalib.models.pcsnet.loss import PcsnetLoss
-from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, write_mvtec_dataset
+from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, state_differences, write_mvtec_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +38,13 @@ def _engine(root: Path, max_epochs: int = 1, callbacks: list[Callback] | None = 
     )
 
 
-def _datamodule(root: Path, **kwargs: object) -> MVTecAD:
-    return MVTecAD(root=root, category="widget", num_workers=0, **kwargs)  # type: ignore[arg-type]
+def _datamodule(root: Path, k_shot: int | None = None, **kwargs: object) -> KShotMVTecAD:
+    """The paper's data protocol: ``k_shot`` images (``None``: all) at batch 2, in a seeded, resumable order."""
+    settings = {"train_batch_size": 2, "num_workers": 0, **kwargs}
+    return KShotMVTecAD(root=root, category="widget", k_shot=k_shot, **settings)  # type: ignore[arg-type]
 
 
-def _test_maps(model: Pcsnet, datamodule: MVTecAD) -> torch.Tensor:
+def _test_maps(model: Pcsnet, datamodule: KShotMVTecAD) -> torch.Tensor:
     """Anomaly maps of the test split from the bare torch model (eval mode)."""
     model.eval()
     transform = model.pre_processor.transform
@@ -65,7 +66,7 @@ def test_grayscale_rgba_and_16_bit_images_train_and_predict(tmp_path: Path, capl
     assert [Image.open(train / f"00{i}.png").mode for i in range(3)] == ["L", "RGBA", "I;16"]
 
     datamodule = _datamodule(root)
-    model = _tiny_pcsnet(k_shot=None, num_epochs=1)
+    model = _tiny_pcsnet()
     engine = _engine(tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="pcsnet_anomalib.data.validation"):
         engine.fit(model, datamodule=datamodule)
@@ -85,7 +86,7 @@ def test_unreadable_file_fails_before_training_naming_the_file(tmp_path: Path, w
     path = root / "widget" / where
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"this is not a PNG")
-    model = _tiny_pcsnet(k_shot=None, num_epochs=1)
+    model = _tiny_pcsnet()
     with pytest.raises(ValueError, match="cannot be read") as error:
         _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
     assert str(path) in str(error.value)
@@ -94,23 +95,23 @@ def test_unreadable_file_fails_before_training_naming_the_file(tmp_path: Path, w
 
 def test_empty_train_folder_fails_before_training(tmp_path: Path) -> None:
     root = write_mvtec_dataset(tmp_path / "data", n_train=0, n_test_good=2, n_test_defect=2)
-    model = _tiny_pcsnet(k_shot=2)
+    model = _tiny_pcsnet()
     with pytest.raises(ValueError, match="has no normal images: check the dataset root and category"):
-        _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
+        _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root, k_shot=2))
     assert not model.model.memory.is_initialized
 
 
 def test_k_shot_above_the_available_images_fails_before_training(tmp_path: Path) -> None:
     root = write_mvtec_dataset(tmp_path / "data", n_train=3, n_test_good=2, n_test_defect=2)
-    model = _tiny_pcsnet(k_shot=5)
+    model = _tiny_pcsnet()
     with pytest.raises(ValueError, match=r"k_shot=5 but .* has only 3 normal images: set k_shot to at most 3"):
-        _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
+        _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root, k_shot=5))
     assert not model.model.memory.is_initialized
 
 
 def test_images_too_small_for_the_prior_fail_before_training(tmp_path: Path) -> None:
     root = write_mvtec_dataset(tmp_path / "data", n_train=2, n_test_good=1, n_test_defect=1)
-    model = _tiny_pcsnet(k_shot=2, pre_processor=Pcsnet.configure_pre_processor(image_size=(24, 24)))
+    model = _tiny_pcsnet(pre_processor=Pcsnet.configure_pre_processor(image_size=(24, 24)))
     with pytest.raises(ValueError, match=r"fewer than prior_channels=64: use larger images \(at least 29 px"):
         _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
     assert model.global_step == 0
@@ -119,7 +120,7 @@ def test_images_too_small_for_the_prior_fail_before_training(tmp_path: Path) -> 
 def test_images_too_small_for_the_map_blur_fail_at_the_first_step(tmp_path: Path) -> None:
     root = write_mvtec_dataset(tmp_path / "data", size=16, n_train=2, n_test_good=1, n_test_defect=1)
     pre_processor = Pcsnet.configure_pre_processor(image_size=(16, 16))
-    model = _tiny_pcsnet(k_shot=2, prior_channels=16, blur_sigma=4.0, pre_processor=pre_processor)
+    model = _tiny_pcsnet(prior_channels=16, blur_sigma=4.0, pre_processor=pre_processor)
     with pytest.raises(ValueError, match=r"\(16, 16\) px are too small for the anomaly-map blur"):
         _engine(tmp_path / "run").fit(model, datamodule=_datamodule(root))
     assert model.global_step == 0
@@ -130,8 +131,8 @@ def test_images_too_small_for_the_map_blur_fail_at_the_first_step(tmp_path: Path
 
 
 def test_one_shot_trains(mvtec_root: Path, tmp_path: Path) -> None:
-    datamodule = _datamodule(mvtec_root)
-    model = _tiny_pcsnet(k_shot=1, num_epochs=2)
+    datamodule = _datamodule(mvtec_root, k_shot=1)
+    model = _tiny_pcsnet()
     engine = _engine(tmp_path, max_epochs=2)
     engine.fit(model, datamodule=datamodule)
     assert len(datamodule.train_data) == 1
@@ -144,14 +145,13 @@ def test_identical_blank_images_train_finite_and_log_the_synthesis_fallbacks(tmp
     root = write_mvtec_dataset(tmp_path / "data", n_train=2, n_test_good=1, n_test_defect=1)
     for path in (root / "widget/train/good").glob("*.png"):
         Image.fromarray(np.full((TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3), 200, np.uint8)).save(path)
-    datamodule = _datamodule(root)
-    model = _tiny_pcsnet(k_shot=2, num_epochs=2, synthesis_preset="mvtec_ad/bottle")
+    datamodule = _datamodule(root, k_shot=2)
+    model = _tiny_pcsnet(synthesis_preset="mvtec_ad/bottle")
     engine = _engine(tmp_path / "run", max_epochs=2)
     engine.fit(model, datamodule=datamodule)
     metrics = engine.trainer.callback_metrics
     assert float(metrics["train_synthesis_fallback_rate"]) == 1.0
-    assert model.synthesizer is not None
-    assert model.synthesizer.failed_patches == model.synthesizer.total_patches == 4
+    assert model.model.synthesizer.failed_patches == model.model.synthesizer.total_patches == 4
     for name in ("train_loss", "train_normal", "train_anomalous", "train_pdc", "train_segmentation"):
         assert torch.isfinite(metrics[name]), name
     assert torch.isfinite(_test_maps(model, datamodule)).all()
@@ -159,7 +159,7 @@ def test_identical_blank_images_train_finite_and_log_the_synthesis_fallbacks(tmp
 
 def test_textured_images_log_a_zero_fallback_rate(mvtec_root: Path, tmp_path: Path) -> None:
     engine = _engine(tmp_path)
-    engine.fit(_tiny_pcsnet(k_shot=2, num_epochs=1), datamodule=_datamodule(mvtec_root))
+    engine.fit(_tiny_pcsnet(), datamodule=_datamodule(mvtec_root, k_shot=2))
     assert float(engine.trainer.callback_metrics["train_synthesis_fallback_rate"]) == 0.0
 
 
@@ -175,9 +175,10 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(
     monkeypatch.setattr(PcsnetLoss, "forward", nan_loss)
     checkpoints = tmp_path / "checkpoints"
     callback = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=1)
-    model = _tiny_pcsnet(k_shot=2, num_epochs=2)
+    model = _tiny_pcsnet()
     with pytest.raises(NonFiniteLossError, match="Non-finite training loss at epoch 0, step 0"):
-        _engine(tmp_path / "run", max_epochs=2, callbacks=[callback]).fit(model, datamodule=_datamodule(mvtec_root))
+        engine = _engine(tmp_path / "run", max_epochs=2, callbacks=[callback])
+        engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=2))
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
@@ -207,14 +208,14 @@ def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(
     """k=4 at batch size 2: two steps per epoch, two epochs; killed in mid-epoch, resumed from last.ckpt."""
 
     def fit(name: str, callbacks: list[Callback], ckpt_path: Path | None = None, model: Pcsnet | None = None) -> Pcsnet:
-        model = model or _tiny_pcsnet(k_shot=4, num_epochs=2, seed=3)
+        model = model or _tiny_pcsnet(seed=3)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_last=True, every_n_train_steps=1)
         engine = _engine(tmp_path / f"run_{name}", max_epochs=2, callbacks=[checkpoint, *callbacks])
-        engine.fit(model, datamodule=_datamodule(mvtec_root), ckpt_path=ckpt_path)
+        engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=4, seed=3), ckpt_path=ckpt_path)
         return model
 
     reference = fit("reference", [])
-    interrupted = _tiny_pcsnet(k_shot=4, num_epochs=2, seed=3)
+    interrupted = _tiny_pcsnet(seed=3)
     with pytest.raises(_InterruptedError):
         fit("interrupted", [_InterruptAtStep(interrupt_at_step)], model=interrupted)
     assert interrupted.global_step == interrupt_at_step
@@ -223,10 +224,8 @@ def test_resuming_from_the_last_checkpoint_gives_the_uninterrupted_weights(
         resumed = fit("interrupted", [], ckpt_path=tmp_path / "interrupted" / "last.ckpt")
 
     assert resumed.global_step == reference.global_step == 4
-    expected, actual = reference.model.state_dict(), resumed.model.state_dict()
-    assert expected.keys() == actual.keys()
-    different = [name for name in expected if not torch.equal(expected[name], actual[name])]
-    assert not different, f"weights differ after resuming: {different}"
+    different = state_differences(reference.model.state_dict(), resumed.model.state_dict())
+    assert not different, f"weights or random streams differ after resuming: {different}"
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -237,12 +236,12 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 def test_a_second_run_writes_a_new_version_folder(mvtec_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    _engine(results).fit(_tiny_pcsnet(k_shot=2, num_epochs=1), datamodule=_datamodule(mvtec_root))
-    category_dir = results / "Pcsnet" / "MVTecAD" / "widget"
+    _engine(results).fit(_tiny_pcsnet(), datamodule=_datamodule(mvtec_root, k_shot=2))
+    category_dir = results / "Pcsnet" / "KShotMVTecAD" / "widget"
     first = _tree_digest(category_dir / "v0")
     assert any(name.endswith(".ckpt") for name in first)
 
-    _engine(results).fit(_tiny_pcsnet(k_shot=2, num_epochs=1), datamodule=_datamodule(mvtec_root))
+    _engine(results).fit(_tiny_pcsnet(), datamodule=_datamodule(mvtec_root, k_shot=2))
     assert sorted(p.name for p in category_dir.iterdir()) == ["latest", "v0", "v1"]
     assert (category_dir / "latest").resolve() == (category_dir / "v1").resolve()
     assert _tree_digest(category_dir / "v0") == first
@@ -253,14 +252,16 @@ def test_a_second_run_writes_a_new_version_folder(mvtec_root: Path, tmp_path: Pa
 
 
 def test_same_seed_gives_identical_maps_whatever_the_global_rng(mvtec_root: Path, tmp_path: Path) -> None:
-    def run(global_seed: int) -> tuple[torch.Tensor, list[str]]:
-        torch.manual_seed(global_seed)  # the model's seed, not the global RNG, decides the result
-        datamodule = _datamodule(mvtec_root, train_batch_size=2)
-        model = _tiny_pcsnet(k_shot=4, num_epochs=2, seed=5)
+    def run(global_seed: int) -> tuple[torch.Tensor, list[str], dict[str, object]]:
+        torch.manual_seed(global_seed)  # the seeds of the model and the data, not the global RNG, decide the result
+        datamodule = _datamodule(mvtec_root, k_shot=4, k_shot_seed=5, seed=5)
+        model = _tiny_pcsnet(seed=5)
         _engine(tmp_path / f"run{global_seed}", max_epochs=2).fit(model, datamodule=datamodule)
-        return _test_maps(model, datamodule), model.k_shot_selection.selected_paths
+        assert datamodule.few_shot_paths is not None
+        return _test_maps(model, datamodule), datamodule.few_shot_paths, model.model.state_dict()
 
-    first_maps, first_paths = run(global_seed=1)
-    second_maps, second_paths = run(global_seed=2)
+    first_maps, first_paths, first_state = run(global_seed=1)
+    second_maps, second_paths, second_state = run(global_seed=2)
     assert first_paths == second_paths
+    assert not state_differences(first_state, second_state)
     assert torch.equal(first_maps, second_maps)

@@ -1,11 +1,17 @@
-"""k-shot selection: reproducible per seed, different across seeds, clear errors."""
+"""k-shot selection: one pure rule, reproducible per seed, different across seeds, clear errors; its datamodules."""
 
+import inspect
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
-from anomalib.data import MVTecAD
+import torch
+from anomalib.data import MPDD, MVTecAD
+from jsonargparse import ArgumentParser
+from torchvision.transforms.v2 import RandomHorizontalFlip
 
 from pcsnet_anomalib.callbacks import KShotSelection
+from pcsnet_anomalib.data import KShotMPDD, KShotMVTecAD, KShotPcsnetDemo, PcsnetDemo, select_k_shot
 
 
 def _train_data(root: Path):
@@ -16,26 +22,38 @@ def _train_data(root: Path):
 
 def test_same_seed_same_images_other_seed_other_images(mvtec_root: Path) -> None:
     train_data = _train_data(mvtec_root)
-    first = KShotSelection(k_shot=4, seed=3).select(train_data)
-    assert first == KShotSelection(k_shot=4, seed=3).select(train_data)
+    torch.manual_seed(0)
+    first = select_k_shot(train_data, 4, seed=3)
+    torch.manual_seed(1)  # no global random state plays a part
+    assert first == select_k_shot(train_data, 4, seed=3)
     assert len(first) == len(set(first)) == 4
-    others = {tuple(KShotSelection(k_shot=4, seed=seed).select(train_data)) for seed in range(5)}
+    others = {tuple(select_k_shot(train_data, 4, seed=seed)) for seed in range(5)}
     assert len(others) > 1
+
+
+def test_the_choice_does_not_depend_on_the_order_of_the_samples(mvtec_root: Path) -> None:
+    train_data = _train_data(mvtec_root)
+    reversed_data = SimpleNamespace(samples=train_data.samples.iloc[::-1].reset_index(drop=True))
+    assert list(reversed_data.samples.image_path) != list(train_data.samples.image_path)
+    assert select_k_shot(reversed_data, 4, seed=3) == select_k_shot(train_data, 4, seed=3)
 
 
 def test_none_keeps_every_normal_image(mvtec_root: Path) -> None:
     train_data = _train_data(mvtec_root)
-    assert len(KShotSelection(k_shot=None).select(train_data)) == len(train_data)
+    assert len(select_k_shot(train_data, None, seed=0)) == len(train_data)
 
 
 def test_more_shots_than_images_is_a_clear_error(mvtec_root: Path) -> None:
     with pytest.raises(ValueError, match=r"k_shot=11 .* only 10 normal images"):
-        KShotSelection(k_shot=11).select(_train_data(mvtec_root))
+        select_k_shot(_train_data(mvtec_root), 11, seed=0)
 
 
-def test_non_positive_k_is_rejected() -> None:
-    with pytest.raises(ValueError, match="k_shot must be"):
-        KShotSelection(k_shot=0)
+@pytest.mark.parametrize("k_shot", [0, -1, 2.5, True])
+def test_a_k_that_is_no_positive_count_is_rejected_at_construction(k_shot: object) -> None:
+    with pytest.raises(ValueError, match="k_shot must be a positive number of images or None"):
+        KShotSelection(k_shot=k_shot)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k_shot must be a positive number of images or None"):
+        KShotMVTecAD(k_shot=k_shot)  # type: ignore[arg-type]
 
 
 def test_setup_subsamples_the_datamodule_and_records_the_choice(
@@ -56,8 +74,6 @@ def test_setup_subsamples_the_datamodule_and_records_the_choice(
 
 
 def test_kshot_datamodule_trains_every_model_on_the_same_images(mvtec_root: Path) -> None:
-    from pcsnet_anomalib.data import KShotMVTecAD
-
     first = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=5, num_workers=0)
     second = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=5, num_workers=0)
     first.setup()
@@ -74,7 +90,41 @@ def test_kshot_datamodule_trains_every_model_on_the_same_images(mvtec_root: Path
 
 
 def test_kshot_datamodule_rejects_more_shots_than_images(mvtec_root: Path) -> None:
-    from pcsnet_anomalib.data import KShotMVTecAD
-
     with pytest.raises(ValueError, match="k_shot=20"):
         KShotMVTecAD(root=mvtec_root, category="widget", k_shot=20, num_workers=0).setup()
+
+
+@pytest.mark.parametrize(("kshot_class", "parent"), [(KShotMVTecAD, MVTecAD), (KShotMPDD, MPDD), (KShotPcsnetDemo, PcsnetDemo)])
+def test_kshot_datamodules_accept_every_argument_of_their_parent(kshot_class: type, parent: type) -> None:
+    """The CLI (jsonargparse follows ``**kwargs`` to the parent) offers every parent argument, none dropped."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(kshot_class, "data")
+    offered = {action.dest.removeprefix("data.") for action in parser._actions if action.dest.startswith("data.")}
+    expected = set(inspect.signature(parent.__init__).parameters) - {"self"}
+    assert expected | {"k_shot", "k_shot_seed"} <= offered
+
+
+def test_kshot_datamodule_forwards_augmentations_and_split_settings(mvtec_root: Path) -> None:
+    flip = RandomHorizontalFlip()
+    datamodule = KShotMVTecAD(
+        root=mvtec_root,
+        category="widget",
+        k_shot=2,
+        train_batch_size=5,
+        train_augmentations=flip,
+        test_split_mode="synthetic",
+        test_split_ratio=0.3,
+        val_split_mode="from_test",
+        val_split_ratio=0.25,
+        seed=7,
+    )
+    assert datamodule.train_augmentations is flip
+    assert (datamodule.test_split_mode, datamodule.test_split_ratio) == ("synthetic", 0.3)
+    assert (datamodule.val_split_mode, datamodule.val_split_ratio) == ("from_test", 0.25)
+    assert (datamodule.train_batch_size, datamodule.seed) == (5, 7)
+
+
+def test_kshot_datamodule_records_its_choice_in_its_state(mvtec_root: Path) -> None:
+    datamodule = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=1, num_workers=0)
+    datamodule.setup()
+    assert datamodule.state_dict() == {"k_shot": 3, "k_shot_seed": 1, "few_shot_paths": datamodule.few_shot_paths}

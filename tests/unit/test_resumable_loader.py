@@ -6,8 +6,7 @@ from lightning.fabric.utilities.types import _Stateful
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from pcsnet_anomalib.callbacks import ResumableTrainLoader
-from pcsnet_anomalib.data.resumable import ResumableDataLoader
+from pcsnet_anomalib.data.resumable import ResumableDataLoader, ResumableTrainLoaderMixin
 
 DATA = list(range(10))
 
@@ -85,20 +84,33 @@ def test_a_custom_sampler_is_kept() -> None:
 
 
 class _DataModule(LightningDataModule):
+    def __init__(self, seed: int | None) -> None:
+        super().__init__()
+        self.seed = seed
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(DATA, batch_size=2, shuffle=True)
 
 
-def test_the_callback_swaps_the_loader_during_the_fit_and_restores_the_datamodule() -> None:
-    datamodule = _DataModule()
-    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
-    trainer.datamodule = datamodule  # type: ignore[misc]
-    callback = ResumableTrainLoader(seed=0)
-    module = LightningModule()
+class _ResumableDataModule(ResumableTrainLoaderMixin, _DataModule):
+    pass
 
-    callback.setup(trainer, module, stage="fit")
-    assert isinstance(datamodule.train_dataloader(), ResumableDataLoader)
-    callback.setup(trainer, module, stage="fit")  # a second setup does not wrap twice
-    callback.teardown(trainer, module, stage="fit")
-    assert "train_dataloader" not in vars(datamodule)
+
+@pytest.mark.parametrize(("seed", "expected_seed"), [(3, 3), (None, 0)])
+def test_the_mixin_makes_the_datamodules_loader_resumable(seed: int | None, expected_seed: int) -> None:
+    datamodule = _ResumableDataModule(seed)
+    datamodule.trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader, ResumableDataLoader)
+    assert loader.batch_size == 2
+    assert _epoch(loader, epoch=0) == _epoch(ResumableDataLoader(DATA, seed=expected_seed, batch_size=2), epoch=0)
+    assert type(_DataModule(seed).train_dataloader()) is DataLoader  # the parent class is left as it is
+
+
+def test_the_mixin_leaves_distributed_loaders_to_lightning() -> None:
+    class _TwoRanks:
+        world_size = 2
+
+    datamodule = _ResumableDataModule(0)
+    datamodule.trainer = _TwoRanks()  # type: ignore[assignment]
     assert type(datamodule.train_dataloader()) is DataLoader

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcsnet_anomalib.synthesis import (
+from pcsnet_anomalib.models.pcsnet import (
     PatchExchange,
     PatchExchangeConfig,
     available_presets,
@@ -138,10 +138,43 @@ def test_same_seed_same_output_and_different_seed_different_output():
     assert torch.equal(first_mask, second_mask)
     others = [PatchExchange(config, seed=seed)(images)[0] for seed in (8, 9, 10)]
     assert any(not torch.equal(first, other) for other in others)
-    reseeded = PatchExchange(config, seed=123)
-    reseeded(images)
-    reseeded.reseed(7)
-    assert torch.equal(reseeded(images)[0], first)
+    continued = PatchExchange(config, seed=7)
+    continued(images)
+    expected_next = continued(images)[0]
+    resumed = PatchExchange(seed=123)  # another seed and no preset: the state dict brings both
+    resumed.load_state_dict(PatchExchange(config, seed=7).state_dict())
+    assert resumed.config == config
+    assert torch.equal(resumed(images)[0], first)
+    assert torch.equal(resumed(images)[0], expected_next)
+
+
+def test_state_dict_continues_the_stream_and_the_counters():
+    """A checkpoint taken mid-stream resumes the same pseudo-anomalies: no random state is kept elsewhere."""
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    synth = PatchExchange("mvtec_ad/bottle", seed=4)
+    synth(images)
+    state = synth.state_dict()
+    later = [synth(images)[0] for _ in range(2)]
+    resumed = PatchExchange(seed=0)
+    resumed.load_state_dict(state)
+    assert resumed.preset_name == "mvtec_ad/bottle"
+    assert resumed.total_patches == 2
+    assert all(torch.equal(resumed(images)[0], expected) for expected in later)
+
+
+def test_global_rng_does_not_change_the_output():
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    outputs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)  # noqa: NPY002  (the legacy global numpy RNG must not matter either)
+        outputs.append(PatchExchange("default", seed=3)(images)[0])
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_without_a_preset_synthesis_says_what_to_do():
+    with pytest.raises(RuntimeError, match="no preset yet: call use_preset"):
+        PatchExchange()(torch.rand(1, 3, 32, 32))
 
 
 def test_background_skipping_changes_only_object_pixels():
@@ -266,9 +299,9 @@ def test_config_normalises_lists_to_tuples():
 
 def test_rejects_non_batch_input():
     with pytest.raises(ValueError, match="B, C, H, W"):
-        PatchExchange()(torch.rand(3, 32, 32))
+        PatchExchange("default")(torch.rand(3, 32, 32))
     with pytest.raises(ValueError, match="float"):
-        PatchExchange()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        PatchExchange("default")(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
 
 
 def test_every_preset_loads_and_validates():

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pcsnet_anomalib.synthesis import PatchExchange, PatchExchangeConfig, load_preset
+from pcsnet_anomalib.models.pcsnet import PatchExchange, PatchExchangeConfig, load_preset
 
 CONFIGS = [
     PatchExchangeConfig(),

@@ -4,16 +4,18 @@ Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from pcsnet_anomalib import Pcsnet
-    >>> engine = Engine()  # doctest: +SKIP
-    >>> engine.train(Pcsnet(k_shot=8), datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+    >>> engine = Engine(max_epochs=50)  # doctest: +SKIP
+    >>> engine.train(Pcsnet(), datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+
+The model trains on whatever the datamodule gives, at the datamodule's batch size, for the trainer's
+``max_epochs``: the paper's protocol (8 images, batch 2, 50 epochs) is a datamodule and trainer setting,
+e.g. ``KShotMVTecAD(k_shot=8, train_batch_size=2)`` and ``Engine(max_epochs=50)`` (``configs/mvtec_ad.yaml``).
 """
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -22,23 +24,21 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
-from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter, ResumableTrainLoader
 from pcsnet_anomalib.data.validation import check_datamodule_files
-from pcsnet_anomalib.synthesis import PatchExchange, load_preset, preset_for_datamodule
 
 from .loss import PcsnetLoss
-from .torch_model import PcsnetModel
+from .synthesis_presets import DEFAULT_PRESET, load_preset, preset_for_datamodule
+from .torch_model import PcsnetModel, PcsnetTrainingOutput
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PRESET = "default"
-# What Pcsnet adds to a Lightning checkpoint, beside the weights, prototypes and radius of the state dict.
+# What Pcsnet adds to a Lightning checkpoint beside the state dict (weights, prototypes, radius, and the random
+# streams and preset of the modules that draw): the architecture, to refuse another model's checkpoint by name.
 CHECKPOINT_KEY = "pcsnet"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 _DYNAMIC_BUFFERS = ("model.memory.",)  # sized at training time; their shapes come from the checkpoint
 
 
@@ -59,11 +59,8 @@ class Pcsnet(AnomalibModule):
         pre_trained: load pretrained backbone weights through timm (needs the hub or its cache).
         backbone_weights: local weights file for the backbone (or ``"package:efficientnet_lite0"``);
             loads offline and takes precedence over ``pre_trained``.
-        k_shot: normal training images to keep (the paper: 2, 4, 8); ``None`` keeps all.
-        seed: seeds the k-shot choice, the pseudo-anomalies and the mixing of the batch.
-        num_epochs: training epochs (50 in the paper); training also stops at ``trainer.max_epochs``.
-        train_batch_size: batch size set on the datamodule when fitting (2 in the paper); ``None``
-            keeps the datamodule's.
+        seed: seeds the initial weights, the pseudo-anomalies, the mixing of the batch and the CAS dropout
+            (each from a generator of its own, saved in checkpoints); torch's global RNG is not used or changed.
         synthesis_preset: pseudo-anomaly preset, ``"<dataset>/<category>"`` or ``"default"``;
             ``None`` picks the preset of the datamodule's dataset and category when one exists.
         rotation_sensitive: use the channel-halving descriptor (the paper does for grid, screw and
@@ -80,10 +77,7 @@ class Pcsnet(AnomalibModule):
         layers: Sequence[str] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
         backbone_weights: str | None = None,
-        k_shot: int | None = 8,
         seed: int = 0,
-        num_epochs: int = 50,
-        train_batch_size: int | None = 2,
         synthesis_preset: str | None = None,
         rotation_sensitive: bool | None = None,
         grid_stride: float = 3.5,
@@ -109,45 +103,33 @@ class Pcsnet(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if num_epochs < 1:
-            msg = f"num_epochs must be at least 1, got {num_epochs}."
-            raise ValueError(msg)
-        if train_batch_size is not None and train_batch_size < 1:
-            msg = f"train_batch_size must be at least 1 or None, got {train_batch_size}."
-            raise ValueError(msg)
-        self.k_shot_selection = KShotSelection(k_shot=k_shot, seed=seed)
         preset = load_preset(synthesis_preset) if synthesis_preset is not None else None
         if rotation_sensitive is None:
             rotation_sensitive = preset.rotation_sensitive if preset is not None else False
-        self.synthesis_preset = synthesis_preset
-        self.synthesizer = PatchExchange(preset, seed=seed) if preset is not None else None
-        self.seed = seed
-        self.num_epochs = num_epochs
-        self.train_batch_size = train_batch_size
         self.pfa_lr = pfa_lr
         self.cas_lr = cas_lr
         self.weight_decay = weight_decay
-        with _seeded_torch(seed):  # the initial weights depend on ``seed`` only, not on the global RNG
-            self.model = PcsnetModel(
-                backbone=backbone,
-                layers=layers,
-                pre_trained=pre_trained,
-                backbone_weights=backbone_weights,
-                reduce_channels=rotation_sensitive,
-                grid_stride=grid_stride,
-                cas_channels=cas_channels,
-                prior_channels=prior_channels,
-                n_nearest=n_nearest,
-                blur_sigma=blur_sigma,
-            )
+        self.model = PcsnetModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            reduce_channels=rotation_sensitive,
+            grid_stride=grid_stride,
+            cas_channels=cas_channels,
+            prior_channels=prior_channels,
+            n_nearest=n_nearest,
+            blur_sigma=blur_sigma,
+            synthesis_preset=synthesis_preset,
+            seed=seed,
+            keep_anomalous_distances=official_anomalous_term,
+        )
         self.loss = PcsnetLoss(
             nu=nu,
             alpha=alpha,
             pdc_top_k=pdc_top_k,
             official_anomalous_term=official_anomalous_term,
         )
-        self._mixing_rng = np.random.default_rng(seed)
-        self._resumed_synthesis_state: dict[str, Any] | None = None
         self._epoch_start_patches = (0, 0)
 
     @classmethod
@@ -174,12 +156,6 @@ class Pcsnet(AnomalibModule):
             transforms.append(CenterCrop(center_crop_size))
         return PreProcessor(transform=Compose(transforms))
 
-    def configure_callbacks(self) -> Sequence[Callback]:
-        """anomalib's component callbacks plus the k-shot selection, a resumable training loader, prediction files."""
-        callbacks = super().configure_callbacks()
-        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, self.k_shot_selection, ResumableTrainLoader(seed=self.seed), PredictionWriter()]
-
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "Pcsnet":
         """Load a trained model; the backbone's weights come from the checkpoint, so nothing is downloaded.
@@ -191,22 +167,16 @@ class Pcsnet(AnomalibModule):
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the pseudo-anomaly preset, the k-shot choice and the random states beside the weights.
-
-        The random states (batch mixing, synthesis, torch) let a resumed fit continue the same streams.
-        """
+        """Record the architecture beside the state dict, for :meth:`on_load_checkpoint`'s check."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "backbone": self.hparams.get("backbone"),
             "layers": list(self.hparams.get("layers", ())),
-            "synthesis_preset": self.synthesis_preset,
-            "k_shot": self.k_shot_selection.state_dict(),
-            "random_state": self._random_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that ``checkpoint`` fits this model, then restore the preset and the k-shot choice.
+        """Check that ``checkpoint`` was written by a Pcsnet of this architecture and version.
 
         Runs before Lightning loads the state dict, so a wrong checkpoint fails here with a
         message instead of a list of mismatched tensors.
@@ -218,14 +188,15 @@ class Pcsnet(AnomalibModule):
                 f"{sorted(checkpoint.get('hyper_parameters', {}))}): load it with the model class that trained it."
             )
             raise IncompatibleCheckpointError(msg)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            msg = (
+                f"This checkpoint was written by pcsnet-anomalib 0.1 (checkpoint format {saved.get('format')}), whose "
+                "Pcsnet also held k_shot, num_epochs and train_batch_size and kept its random states elsewhere; "
+                "this version reads format 2 only: train again (README, 'Migrating from 0.1')."
+            )
+            raise IncompatibleCheckpointError(msg)
         self._check_state_dict_shapes(checkpoint.get("state_dict", {}), saved)
         super().on_load_checkpoint(checkpoint)
-        preset_name = saved.get("synthesis_preset")
-        if preset_name is not None and preset_name != self.synthesis_preset:
-            self.synthesis_preset = preset_name
-            self.synthesizer = PatchExchange(load_preset(preset_name), seed=self.seed)
-        self.k_shot_selection.load_state_dict(saved.get("k_shot", {}))
-        self._load_random_state(saved["random_state"])  # after the preset: it may rebuild the synthesizer
 
     def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
         """Raise :class:`IncompatibleCheckpointError` naming the differences if the architectures differ."""
@@ -248,30 +219,22 @@ class Pcsnet(AnomalibModule):
             raise IncompatibleCheckpointError(msg)
 
     def setup(self, stage: str) -> None:
-        """Check the image files, seed torch's RNG for fitting, and use the paper's batch size for training."""
+        """Check the image files of the stage; when fitting, resolve the pseudo-anomaly preset from the datamodule."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_datamodule_files(datamodule, stage)
-        if stage == "fit":
-            torch.manual_seed(self.seed)  # dropout and loader workers; a resumed run restores its saved state
-        wanted = self.train_batch_size
-        if stage == "fit" and wanted is not None and getattr(datamodule, "train_batch_size", wanted) != wanted:
-            logger.info("Pcsnet: training batch size set to %d (train_batch_size).", wanted)
-            datamodule.train_batch_size = wanted
-
-    def on_train_start(self) -> None:
-        """Pick the pseudo-anomaly preset and build the prototypes from the k training images."""
-        if self.synthesizer is None:
-            preset_name = preset_for_datamodule(self.trainer.datamodule) or DEFAULT_PRESET
-            preset = load_preset(preset_name)
-            if preset.rotation_sensitive and self.model.descriptor.reducers is None:
+        synthesizer = self.model.synthesizer
+        if stage == "fit" and synthesizer.config is None:
+            preset_name = preset_for_datamodule(datamodule) or DEFAULT_PRESET
+            synthesizer.use_preset(preset_name)
+            if synthesizer.config.rotation_sensitive and self.model.descriptor.reducers is None:
                 logger.warning(
                     "Preset %s is rotation-sensitive in the paper; pass rotation_sensitive=True for its descriptor.",
                     preset_name,
                 )
-            self.synthesis_preset = preset_name
-            self.synthesizer = PatchExchange(preset, seed=self.seed)
-        self._restore_synthesis_state()
-        logger.info("Pcsnet: pseudo-anomaly preset %s.", self.synthesis_preset)
+
+    def on_train_start(self) -> None:
+        """Build the prototypes from the training images (not again when resuming)."""
+        logger.info("Pcsnet: pseudo-anomaly preset %s.", self.model.synthesizer.preset_name)
         if not self.model.memory.is_initialized:
             self._initialize_prototypes()
 
@@ -297,25 +260,15 @@ class Pcsnet(AnomalibModule):
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One step on the normal images, their pseudo-anomalous copies and a mix of both."""
         del args, kwargs
-        images = batch.image
-        assert self.synthesizer is not None  # set in on_train_start
-        anomalous, anomaly_mask = self.synthesizer(images)
-        batch_size = images.shape[0]
-        mixed_is_anomalous = torch.zeros(batch_size, dtype=torch.bool, device=images.device)
-        chosen = self._mixing_rng.choice(batch_size, size=(batch_size + 1) // 2, replace=False)
-        mixed_is_anomalous[torch.as_tensor(chosen, device=images.device)] = True
-        outputs = self.model.training_outputs(
-            images,
-            anomalous,
-            mixed_is_anomalous,
-            keep_anomalous_distances=self.loss.official_anomalous_term,
-        )
-        losses = self.loss(outputs, self.model.radius, anomaly_mask, mixed_is_anomalous)
+        outputs = self.model(batch.image)
+        assert isinstance(outputs, PcsnetTrainingOutput)  # the torch model is in training mode
+        losses = self.loss(outputs, self.model.radius, outputs.anomaly_mask, outputs.mixed_is_anomalous)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             terms = {name: float(value) for name, value in losses.items()}
             msg = f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: {terms}."
             raise NonFiniteLossError(msg)
+        batch_size = batch.image.shape[0]
         self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict(
             {f"train_{name}": value for name, value in losses.items() if name != "loss"}, batch_size=batch_size
@@ -324,59 +277,18 @@ class Pcsnet(AnomalibModule):
 
     def on_train_epoch_start(self) -> None:
         """Remember the synthesis counters, to log this epoch's fallback rate at its end."""
-        if self.synthesizer is not None:
-            self._epoch_start_patches = (self.synthesizer.failed_patches, self.synthesizer.total_patches)
+        synthesizer = self.model.synthesizer
+        self._epoch_start_patches = (synthesizer.failed_patches, synthesizer.total_patches)
 
     def on_train_epoch_end(self) -> None:
-        """Log the synthesis fallback rate; stop after ``num_epochs``."""
-        self._log_synthesis_fallbacks()
-        if self.current_epoch + 1 >= self.num_epochs:
-            self.trainer.should_stop = True
-
-    def _log_synthesis_fallbacks(self) -> None:
         """Log the fraction of this epoch's pseudo-anomaly patches that could not be placed (image left normal)."""
-        if self.synthesizer is None:
-            return
-        failed = self.synthesizer.failed_patches - self._epoch_start_patches[0]
-        total = self.synthesizer.total_patches - self._epoch_start_patches[1]
+        synthesizer = self.model.synthesizer
+        failed = synthesizer.failed_patches - self._epoch_start_patches[0]
+        total = synthesizer.total_patches - self._epoch_start_patches[1]
         if total > 0:
             self.log("train_synthesis_fallback_rate", failed / total, on_epoch=True)
             if failed:
                 logger.info("Pcsnet: %d of %d pseudo-anomaly patches could not be placed this epoch.", failed, total)
-
-    def _random_state(self) -> dict[str, Any]:
-        """Random streams of training: batch mixing, synthesis (with its counters) and torch."""
-        synthesis = None
-        if self.synthesizer is not None:
-            synthesis = {
-                "rng": self.synthesizer.rng.bit_generator.state,
-                "failed_patches": self.synthesizer.failed_patches,
-                "total_patches": self.synthesizer.total_patches,
-            }
-        return {
-            "mixing": self._mixing_rng.bit_generator.state,
-            "synthesis": synthesis,
-            "torch": torch.get_rng_state(),
-        }
-
-    def _load_random_state(self, state: dict[str, Any]) -> None:
-        """Restore the states of :meth:`_random_state` (torch's only when resuming a fit)."""
-        self._mixing_rng.bit_generator.state = state["mixing"]
-        self._resumed_synthesis_state = state["synthesis"]
-        if self.synthesizer is not None:
-            self._restore_synthesis_state()
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting:
-            torch.set_rng_state(state["torch"])
-
-    def _restore_synthesis_state(self) -> None:
-        """Apply a synthesis state loaded from a checkpoint (the synthesizer may be built after loading)."""
-        state, self._resumed_synthesis_state = self._resumed_synthesis_state, None
-        if state is None or self.synthesizer is None:
-            return
-        self.synthesizer.rng.bit_generator.state = state["rng"]
-        self.synthesizer.failed_patches = state["failed_patches"]
-        self.synthesizer.total_patches = state["total_patches"]
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""
@@ -412,13 +324,5 @@ def _architecture_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple
     return {
         name: tuple(tensor.shape)
         for name, tensor in state_dict.items()
-        if name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
+        if isinstance(tensor, torch.Tensor) and name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
     }
-
-
-@contextmanager
-def _seeded_torch(seed: int) -> Iterator[None]:
-    """Run a block with torch's global RNG seeded by ``seed``, leaving the caller's RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

@@ -1,5 +1,4 @@
-"""PCSNet losses: compactness of normal features, separation of pseudo-anomalous ones,
-pixel-level disparity classification (PDC) and segmentation.
+"""PCSNet losses: normal compactness, pseudo-anomalous separation, disparity classification (PDC), segmentation.
 
 Total = w_normal * L_normal + w_anomalous * L_anomalous + w_pdc * L_PDC + w_seg * L_SEG,
 with the paper's weights 1, 1, 50, 40.

@@ -1,5 +1,4 @@
-"""PyTorch model of PCSNet: frozen backbone, prototypical feature adaptation (PFA) and
-context-aware segmentation (CAS).
+"""PyTorch model of PCSNet: frozen backbone, prototypical feature adaptation (PFA), context-aware segmentation (CAS).
 
 Paper: Jiang et al., "Prototypical Learning Guided Context-Aware Segmentation Network for
 Few-Shot Anomaly Detection" (IEEE TNNLS 2024). Official code: github.com/yuxin-jiang/PCSNet.
@@ -10,6 +9,7 @@ channels (896 for WideResNet-50-2) and the pyramid bins scale with the grid (60,
 cells at a 64 grid).
 """
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,13 +19,24 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from pcsnet_anomalib.backbones import build_feature_extractor
-from pcsnet_anomalib.models.components import CoordConv2d, PrototypeMemory
+from pcsnet_anomalib.models.components import CoordConv2d, PrototypeMemory, RandomSubset, SeededDropout2d
 
 from .anomaly_map import AnomalyMapGenerator
+from .synthesis import PatchExchange
+from .synthesis_presets import PatchExchangeConfig
 
 # The paper's pyramid for a 64-cell grid; other grids scale these proportionally.
 REFERENCE_GRID = 64
 REFERENCE_PYRAMID_BINS = (60, 30, 15, 8)
+CAS_DROPOUT = 0.1  # before the final 1x1 classifier, as in PFENet / the official code
+
+
+class RandomStream:
+    """Stream numbers of the model's random draws: each module that draws gets its own stream of ``seed``."""
+
+    SYNTHESIS = 0
+    MIXING = 1
+    DROPOUT = 2
 
 
 @dataclass
@@ -41,6 +52,8 @@ class PcsnetTrainingOutput:
     mixed_nearest: torch.Tensor  # (B, HW, n_nearest) for the mixed batch
     segmentation: torch.Tensor  # (B, 1, H, W) CAS output for the mixed batch, at input resolution
     grid_size: tuple[int, int]
+    anomaly_mask: torch.Tensor | None = None  # (B, 1, H, W) pixels the synthesis changed (training forward only)
+    mixed_is_anomalous: torch.Tensor | None = None  # (B,) which mixed images are pseudo-anomalous (idem)
 
 
 def _channel_reducer(channels: int) -> nn.Sequential:
@@ -76,9 +89,8 @@ class Descriptor(nn.Module):
         """Return the descriptor ``(B, C, *grid_size)`` of backbone ``features``."""
         levels = []
         for index, feature in enumerate(features):
-            if self.reducers is not None:
-                feature = self.reducers[index](feature)
-            pooled = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
+            level = self.reducers[index](feature) if self.reducers is not None else feature
+            pooled = F.avg_pool2d(level, kernel_size=3, stride=1, padding=1)
             adapted = self.coord_convs[index](pooled)
             levels.append(F.interpolate(adapted, size=grid_size, mode="bilinear", align_corners=False))
         return torch.cat(levels, dim=1)
@@ -90,7 +102,13 @@ class ContextAwareSegmentation(nn.Module):
     The per-scale auxiliary classifiers of the official code feed no loss and are not built.
     """
 
-    def __init__(self, channels: int, prior_channels: int, num_scales: int = len(REFERENCE_PYRAMID_BINS)) -> None:
+    def __init__(
+        self,
+        channels: int,
+        prior_channels: int,
+        num_scales: int = len(REFERENCE_PYRAMID_BINS),
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.merge = nn.ModuleList(
             [
@@ -110,7 +128,7 @@ class ContextAwareSegmentation(nn.Module):
         self.classifier = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
             nn.ReLU(inplace=True),
-            nn.Dropout2d(p=0.1),
+            SeededDropout2d(p=CAS_DROPOUT, seed=seed, stream=RandomStream.DROPOUT),
             nn.Conv2d(channels, 1, 1),
         )
 
@@ -169,6 +187,13 @@ class PcsnetModel(nn.Module):
         prior_channels: number of smallest prototype distances given to CAS as a prior (200).
         n_nearest: nearest prototypes used by the losses (3).
         blur_sigma: Gaussian blur of the anomaly map at inference (4).
+        synthesis_preset: pseudo-anomaly preset (name or config) of the training forward; ``None`` until
+            :meth:`PatchExchange.use_preset` is called on ``synthesizer`` (the Lightning model does it once the
+            datamodule is known).
+        seed: the initial weights, the pseudo-anomalies, the batch mixing and the CAS dropout follow from it
+            alone, not from torch's global RNG (each draws from a generator of its own, saved in ``state_dict``).
+        keep_anomalous_distances: return all prototype distances of the pseudo-anomalous images in training
+            (needed by the official anomalous loss term only).
     """
 
     def __init__(
@@ -183,20 +208,31 @@ class PcsnetModel(nn.Module):
         prior_channels: int = 200,
         n_nearest: int = 3,
         blur_sigma: float = 4.0,
+        synthesis_preset: str | PatchExchangeConfig | None = None,
+        seed: int = 0,
+        keep_anomalous_distances: bool = False,
     ) -> None:
         super().__init__()
         if grid_stride <= 0:
             msg = f"grid_stride must be positive, got {grid_stride}."
             raise ValueError(msg)
-        self.feature_extractor = build_feature_extractor(backbone, layers, pre_trained, backbone_weights)
-        self.descriptor = Descriptor(self.feature_extractor.out_dims, reduce_channels=reduce_channels)
-        self.memory = PrototypeMemory()
-        self.radius = nn.Parameter(torch.full((1,), 1e-5))
-        self.cas_channels = cas_channels or sum(self.feature_extractor.out_dims) // 2
-        if not 0 < self.cas_channels <= self.descriptor.out_channels:
-            msg = f"cas_channels must be in [1, {self.descriptor.out_channels}] for this backbone, got {cas_channels}."
-            raise ValueError(msg)
-        self.cas = ContextAwareSegmentation(self.cas_channels, prior_channels)
+        with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the caller's RNG is left as it was
+            torch.manual_seed(seed)
+            self.feature_extractor = build_feature_extractor(backbone, layers, pre_trained, backbone_weights)
+            self.descriptor = Descriptor(self.feature_extractor.out_dims, reduce_channels=reduce_channels)
+            self.memory = PrototypeMemory()
+            self.radius = nn.Parameter(torch.full((1,), 1e-5))
+            self.cas_channels = cas_channels or sum(self.feature_extractor.out_dims) // 2
+            if not 0 < self.cas_channels <= self.descriptor.out_channels:
+                msg = (
+                    f"cas_channels must be in [1, {self.descriptor.out_channels}] for this backbone, "
+                    f"got {cas_channels}."
+                )
+                raise ValueError(msg)
+            self.cas = ContextAwareSegmentation(self.cas_channels, prior_channels, seed=seed)
+        self.synthesizer = PatchExchange(synthesis_preset, seed=seed, stream=RandomStream.SYNTHESIS)
+        self.mixer = RandomSubset(seed=seed, fraction=0.5, stream=RandomStream.MIXING)
+        self.keep_anomalous_distances = keep_anomalous_distances
         self.prior_channels = prior_channels
         self.n_nearest = n_nearest
         self.grid_stride = grid_stride
@@ -294,8 +330,18 @@ class PcsnetModel(nn.Module):
         )
         return self.cas(descriptor[:, : self.cas_channels], prior, self.pyramid_bins(tuple(grid_size)))
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Score ``images (B, 3, H, W)`` in ``[0, 1]``: anomaly map at input size and its maximum."""
+    def forward(self, images: torch.Tensor) -> InferenceBatch | PcsnetTrainingOutput:
+        """Score ``images (B, 3, H, W)`` in ``[0, 1]``: anomaly map at input size and its maximum.
+
+        In training mode, return instead the :class:`PcsnetTrainingOutput` of the batch: the synthesizer makes
+        pseudo-anomalous copies of ``images``, the mixer picks half of the batch for the mixed view
+        (:meth:`training_outputs`).
+        """
+        if self.training:
+            anomalous, anomaly_mask = self.synthesizer(images)
+            mixed_is_anomalous = self.mixer(images.shape[0], images.device)
+            outputs = self.training_outputs(images, anomalous, mixed_is_anomalous, self.keep_anomalous_distances)
+            return dataclasses.replace(outputs, anomaly_mask=anomaly_mask, mixed_is_anomalous=mixed_is_anomalous)
         self._check_input(images)
         descriptor = self.describe(images)
         nearest = self._nearest(descriptor, max(self.prior_channels, self.n_nearest))

@@ -20,91 +20,33 @@ Deviations from the official code, on purpose:
   the overlap test (``|src object & dest object| / |src object| > min_overlap_pct``) is applied here.
 * When a patch cannot be placed within ``max_attempts`` the image is left unchanged for that patch and
   ``failed_patches`` is incremented (the official code prints a message and does the same).
+
+The module draws from its own seeded ``torch.Generator`` (:class:`SeededModule`): one 62-bit number per batch
+seeds the numpy generator that samples that batch's patch sizes and positions (numpy's gamma sampler has no
+torch equivalent that takes a generator). The generator state, the preset and the fallback counters are part of
+the module's ``state_dict``, so checkpoints carry them and a resumed fit draws the same pseudo-anomalies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pcsnet_anomalib.models.components import SeededModule
+
+from .synthesis_presets import PatchExchangeConfig, load_preset
+
 logger = logging.getLogger(__name__)
 
 MEDIAN_KERNEL = 7
 _OVERLAP_CHUNK = 16  # destination candidates checked per vectorised step
-
-
-@dataclass(frozen=True)
-class PatchExchangeConfig:
-    """Parameters of one patch-exchange preset (fractions refer to image height and width; brightness to 0-255)."""
-
-    width_bounds: tuple[tuple[float, float], tuple[float, float]] = ((0.03, 0.4), (0.03, 0.4))
-    num_patches: int = 1
-    gamma_params: tuple[float, float, float] | None = (2.0, 0.05, 0.03)
-    min_object_pct: float = 0.25
-    min_overlap_pct: float = 0.25
-    background: tuple[float, float] | None = None
-    same_image: bool = True
-    max_attempts: int = 200
-    rotation_sensitive: bool = False
-
-    def __post_init__(self) -> None:
-        """Normalise sequences to tuples (YAML and CLIs give lists) and reject invalid values with a clear message."""
-        try:
-            bounds = tuple((float(lo), float(hi)) for lo, hi in self.width_bounds)
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"width_bounds must be ((min_h, max_h), (min_w, max_w)) of floats, got {self.width_bounds!r}"
-            ) from err
-        if len(bounds) != 2:
-            raise ValueError(f"width_bounds needs exactly two (min, max) pairs (height, width), got {bounds!r}")
-        for axis, (lo, hi) in zip(("height", "width"), bounds, strict=True):
-            if not (0.0 < lo <= 0.5 and 0.0 < hi <= 0.5):
-                raise ValueError(f"width_bounds for {axis} must lie in (0, 0.5] (half-width fraction), got {(lo, hi)}")
-            if lo > hi:
-                raise ValueError(f"width_bounds for {axis} has min {lo} > max {hi}; swap them")
-        object.__setattr__(self, "width_bounds", bounds)
-
-        if isinstance(self.num_patches, bool) or not isinstance(self.num_patches, int) or self.num_patches < 1:
-            raise ValueError(f"num_patches must be an integer >= 1, got {self.num_patches!r}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-
-        if self.gamma_params is not None:
-            gamma = tuple(float(v) for v in self.gamma_params)
-            if len(gamma) != 3:
-                raise ValueError(
-                    f"gamma_params must be (shape, scale, lower offset) or None, got {self.gamma_params!r}"
-                )
-            shape, scale, lower = gamma
-            if shape <= 0 or scale <= 0 or lower < 0:
-                raise ValueError(f"gamma_params needs shape > 0, scale > 0, lower offset >= 0, got {gamma}")
-            object.__setattr__(self, "gamma_params", gamma)
-
-        for name in ("min_object_pct", "min_overlap_pct"):
-            value = float(getattr(self, name))
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a fraction in [0, 1], got {value}")
-            object.__setattr__(self, name, value)
-
-        if self.background is not None:
-            background = tuple(float(v) for v in self.background)
-            if len(background) != 2:
-                raise ValueError(f"background must be (brightness, threshold) or None, got {self.background!r}")
-            brightness, threshold = background
-            if not 0.0 <= brightness <= 255.0 or threshold < 0.0:
-                raise ValueError(
-                    f"background needs brightness in [0, 255] and threshold >= 0 (0-255 units), got {background}"
-                )
-            object.__setattr__(self, "background", background)
-
-        for name in ("same_image", "rotation_sensitive"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+_SEED_BOUND = 2**62  # per-batch numpy seeds are drawn below this bound
 
 
 def object_mask(images: torch.Tensor, background: tuple[float, float]) -> torch.Tensor:
@@ -129,33 +71,68 @@ def _half_width_range(dim: int, bounds: tuple[float, float]) -> tuple[int, int]:
     return min_w, max_w
 
 
-class PatchExchange:
-    """Callable pseudo-anomaly generator; pure torch on the batch's device, random numbers from a numpy Generator."""
+class PatchExchange(SeededModule):
+    """Pseudo-anomaly generator: pure torch on the batch's device, random numbers from the module's own generator.
 
-    def __init__(self, config: PatchExchangeConfig | None = None, seed: int | None = None) -> None:
-        self.config = config if config is not None else PatchExchangeConfig()
-        self.rng = np.random.default_rng(seed)
+    Args:
+        preset: a preset name (``"default"``, ``"<dataset>/<category>"``) or a :class:`PatchExchangeConfig`;
+            ``None`` leaves it to be set once the data is known (:meth:`use_preset`).
+        seed: seeds the module's generator.
+        stream: tells this module's random stream apart from other modules seeded with ``seed``.
+    """
+
+    def __init__(self, preset: str | PatchExchangeConfig | None = None, seed: int = 0, stream: int = 0) -> None:
+        super().__init__(seed, stream)
+        self.preset_name: str | None = None
+        self.config: PatchExchangeConfig | None = None
         self.failed_patches = 0
         self.total_patches = 0
+        if preset is not None:
+            self.use_preset(preset)
 
-    def reseed(self, seed: int) -> None:
-        """Restart the random stream, e.g. per worker or per epoch for reproducible synthesis."""
-        self.rng = np.random.default_rng(seed)
+    def use_preset(self, preset: str | PatchExchangeConfig) -> None:
+        """Synthesise with ``preset`` (a name, resolved from the YAML tables, or a config)."""
+        if isinstance(preset, PatchExchangeConfig):
+            self.preset_name, self.config = None, preset
+        else:
+            self.preset_name, self.config = preset, load_preset(preset)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Generator state, preset and fallback counters, saved with the weights."""
+        return {
+            **super().get_extra_state(),
+            "preset_name": self.preset_name,
+            "config": None if self.config is None else dataclasses.asdict(self.config),
+            "failed_patches": self.failed_patches,
+            "total_patches": self.total_patches,
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_extra_state` saved."""
+        super().set_extra_state(state)
+        self.preset_name = state["preset_name"]
+        self.config = None if state["config"] is None else PatchExchangeConfig(**state["config"])
+        self.failed_patches = state["failed_patches"]
+        self.total_patches = state["total_patches"]
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (augmented images, mask (B, 1, H, W) of 0/1 in the images' dtype marking exactly the changed pixels).
 
         ``images`` is a float (B, C, H, W) batch in [0, 1]; it is not modified.
         """
+        if self.config is None:
+            msg = "PatchExchange has no preset yet: call use_preset(name) or build it with a preset."
+            raise RuntimeError(msg)
         if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(
-                f"images must be a float tensor (B, C, H, W), got dtype {images.dtype} shape {images.shape}"
-            )
+            msg = f"images must be a float tensor (B, C, H, W), got dtype {images.dtype} shape {images.shape}"
+            raise ValueError(msg)
         height, width = images.shape[-2:]
         if height < 2 or width < 2:
-            raise ValueError(f"images must be at least 2x2 pixels, got {height}x{width}")
+            msg = f"images must be at least 2x2 pixels, got {height}x{width}"
+            raise ValueError(msg)
         cfg = self.config
+        rng = np.random.default_rng(int(torch.randint(_SEED_BOUND, (1,), generator=self.generator)))
         augmented = images.clone()
         batch = images.shape[0]
 
@@ -168,10 +145,11 @@ class PatchExchange:
         for dest in range(batch):
             src = dest if cfg.same_image else (dest - 1) % batch
             for i in range(cfg.num_patches):
-                if i > 0 and self.rng.integers(2) == 0:
+                if i > 0 and rng.integers(2) == 0:
                     continue
                 self.total_patches += 1
                 boxes = self._place(
+                    rng,
                     (height, width),
                     None if obj_np is None else (obj_np[src], sat[src], obj_np[dest]),
                 )
@@ -193,6 +171,7 @@ class PatchExchange:
 
     def _place(
         self,
+        rng: np.random.Generator,
         size: tuple[int, int],
         objects: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
@@ -201,21 +180,22 @@ class PatchExchange:
         ``objects`` is (source object mask, its summed-area table, destination object mask) or None (no background).
         """
         cfg = self.config
+        assert cfg is not None
         height, width = size
         ranges = [_half_width_range(dim, bounds) for dim, bounds in zip(size, cfg.width_bounds, strict=True)]
         if cfg.gamma_params is not None:
             shape, scale, lower = cfg.gamma_params
             half = [
-                int(np.clip((lower + self.rng.gamma(shape, scale)) * dim, lo, hi))
+                int(np.clip((lower + rng.gamma(shape, scale)) * dim, lo, hi))
                 for dim, (lo, hi) in zip(size, ranges, strict=True)
             ]
         else:
-            half = [int(self.rng.integers(lo, hi + 1)) for lo, hi in ranges]
+            half = [int(rng.integers(lo, hi + 1)) for lo, hi in ranges]
 
         tries = 1 if objects is None else cfg.max_attempts
         (min_h, _), (min_w, _) = ranges
-        cy = self.rng.integers(min_h, height - min_h + 1, size=tries)
-        cx = self.rng.integers(min_w, width - min_w + 1, size=tries)
+        cy = rng.integers(min_h, height - min_h + 1, size=tries)
+        cx = rng.integers(min_w, width - min_w + 1, size=tries)
         y0, y1 = np.clip(cy - half[0], 0, height), np.clip(cy + half[0], 0, height)
         x0, x1 = np.clip(cx - half[1], 0, width), np.clip(cx + half[1], 0, width)
         if objects is None:
@@ -230,8 +210,8 @@ class PatchExchange:
         sy, sx = int(y0[pick]), int(x0[pick])
         ph, pw = int(y1[pick]) - sy, int(x1[pick]) - sx
 
-        ty = self.rng.integers(0, height - ph + 1, size=tries)
-        tx = self.rng.integers(0, width - pw + 1, size=tries)
+        ty = rng.integers(0, height - ph + 1, size=tries)
+        tx = rng.integers(0, width - pw + 1, size=tries)
         if objects is None:
             return (sy, sx), (int(ty[0]), int(tx[0])), (ph, pw)
         src_win = src_obj[sy : sy + ph, sx : sx + pw]
