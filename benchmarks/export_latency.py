@@ -27,7 +27,7 @@ from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 
-from pcsnet_anomalib import Pcsnet, PcsnetDemo
+from pcsnet_anomalib import KShotPcsnetDemo, Pcsnet
 from pcsnet_anomalib.backbones import TF_EFFICIENTNET_LITE0_LAYERS
 
 
@@ -39,7 +39,7 @@ def _build(args: argparse.Namespace) -> Pcsnet:
         backbone |= {"pre_trained": False, "backbone_weights": "package:efficientnet_lite0"}
     else:
         backbone = {"backbone": args.backbone, "pre_trained": False}
-    return Pcsnet(**backbone, k_shot=8, num_epochs=max(args.epochs, 1))
+    return Pcsnet(**backbone)
 
 
 def _time(function: Callable[[], object], repeats: int) -> float:
@@ -73,7 +73,7 @@ def main() -> None:
     import openvino
 
     work = Path(tempfile.mkdtemp(prefix="pcsnet-export-latency-"))
-    datamodule = PcsnetDemo(category="brick", num_workers=0, eval_batch_size=8)
+    datamodule = KShotPcsnetDemo(category="brick", k_shot=8, train_batch_size=2, num_workers=0, eval_batch_size=8)
     model = _build(args)
     engine = Engine(default_root_dir=work, max_epochs=max(args.epochs, 1), accelerator="cpu", devices=1, logger=False)
     if not args.ckpt:
@@ -81,7 +81,7 @@ def main() -> None:
             engine.fit(model, datamodule=datamodule)
         else:
             datamodule.setup()
-            chosen = model.k_shot_selection.select(datamodule.train_data)  # the k images training would use
+            chosen = datamodule.few_shot_paths or []  # the k images training would use
             images = model.pre_processor.transform(torch.stack([read_image(p, as_tensor=True) for p in chosen]))
             with torch.no_grad():
                 model.model.initialize_prototypes(model.model.describe(images).sum(dim=0), len(images))

@@ -89,4 +89,5 @@ def state_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[
         return a == b
 
     names = sorted(expected.keys() | actual.keys())
-    return [name for name in names if name not in expected or name not in actual or not same(expected[name], actual[name])]
+    missing = (expected.keys() ^ actual.keys()) & set(names)
+    return [name for name in names if name in missing or not same(expected[name], actual[name])]

@@ -11,6 +11,10 @@ under ``<default_root_dir>/predictions``:
 Files are numbered in prediction order so that images with the same name in different folders
 never overwrite each other; an existing ``predictions`` folder is never written into (the next
 free ``predictions_<i>`` is used).
+
+A batch is written when the next one starts (and the last at the end of the epoch): a callback the user
+passes to the Engine runs before the model's own callbacks, among them anomalib's post-processor, which
+normalises scores and sets labels and masks in place after this callback has seen the batch.
 """
 
 import csv
@@ -43,6 +47,7 @@ class PredictionWriter(Callback):
         self._csv_file: IO[str] | None = None
         self._csv: Any = None
         self._count = 0
+        self._pending: Any = None  # the last batch's outputs, written once the post-processor has run
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Create a fresh output folder and open the CSV."""
@@ -54,6 +59,7 @@ class PredictionWriter(Callback):
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(CSV_COLUMNS)
         self._count = 0
+        self._pending = None
 
     def on_predict_batch_end(
         self,
@@ -64,8 +70,32 @@ class PredictionWriter(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Write one CSV row, one mask and one heatmap per image of the batch."""
+        """Keep the batch's outputs; they are written when the next batch starts or the epoch ends."""
         del trainer, pl_module, batch, batch_idx, dataloader_idx
+        self._pending = outputs
+
+    def on_predict_batch_start(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Write the previous batch, now post-processed."""
+        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        self._write_pending()
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the last batch."""
+        del trainer, pl_module
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write one CSV row, one mask and one heatmap per image of the kept batch."""
+        outputs, self._pending = self._pending, None
+        if outputs is None:
+            return
         assert self.output_dir is not None  # set in on_predict_start
         for item in outputs:
             path = Path(str(item.image_path)) if item.image_path else Path(f"image_{self._count}")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -19,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the ranks Lightning starts import ``tests`` like the first one
 
 from pcsnet_anomalib import Pcsnet  # noqa: E402
-from tests.integration.ddp_settings import DDP_FIT, tiny_datamodule, tiny_pcsnet  # noqa: E402
+from tests.integration.ddp_settings import DDP_EPOCHS, tiny_datamodule, tiny_pcsnet  # noqa: E402
 
 
 def main() -> None:
@@ -35,11 +34,11 @@ def main() -> None:
         accelerator="cpu",
         devices=args.devices,
         strategy=DDPStrategy(process_group_backend="gloo"),
-        max_epochs=DDP_FIT["num_epochs"],
+        max_epochs=DDP_EPOCHS,
         logger=False,
         enable_progress_bar=False,
     )
-    datamodule: MVTecAD = tiny_datamodule(args.data)
+    datamodule = tiny_datamodule(args.data)
     engine.fit(model, datamodule=datamodule)
     rank = engine.trainer.global_rank
     torch.save(

@@ -51,7 +51,9 @@ def test_engine_train_then_test_reports_image_and_pixel_auroc(
     assert model.model.memory.num_prototypes == 18 * 18  # 64 px / 3.5 per cell
 
 
-@pytest.mark.parametrize(("datamodule_class", "batch_size", "expected"), [(MVTecAD, 32, [10]), (KShotMVTecAD, 2, [2, 2])])
+@pytest.mark.parametrize(
+    ("datamodule_class", "batch_size", "expected"), [(MVTecAD, 32, [10]), (KShotMVTecAD, 2, [2, 2])]
+)
 def test_the_model_trains_at_the_datamodules_batch_size(
     mvtec_root: Path, tmp_path: Path, datamodule_class: type, batch_size: int, expected: list[int]
 ) -> None:

@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType, OpenVINOInferencer, TorchInferencer
 from anomalib.engine import Engine
 from anomalib.models import Padim
 
-from pcsnet_anomalib import Pcsnet
+from pcsnet_anomalib import KShotMVTecAD, Pcsnet, PredictionWriter
 from pcsnet_anomalib.models.pcsnet import IncompatibleCheckpointError
-from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, write_mvtec_dataset
+from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, state_differences, write_mvtec_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +39,7 @@ class Trained:
     model: Pcsnet
     engine: Engine
     checkpoint: Path
-    datamodule: MVTecAD
+    datamodule: KShotMVTecAD
     root: Path
 
 
@@ -52,8 +51,10 @@ def _tiny_pcsnet(**kwargs: object) -> Pcsnet:
 @pytest.fixture(scope="module")
 def trained(mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("export")
-    datamodule = MVTecAD(root=mvtec_root, category=CATEGORY, num_workers=0, eval_batch_size=4)
-    model = _tiny_pcsnet(k_shot=4, num_epochs=2, synthesis_preset="mvtec_ad/carpet")
+    datamodule = KShotMVTecAD(
+        root=mvtec_root, category=CATEGORY, num_workers=0, k_shot=4, train_batch_size=2, eval_batch_size=4
+    )
+    model = _tiny_pcsnet(synthesis_preset="mvtec_ad/carpet")
     engine = Engine(default_root_dir=root / "results", max_epochs=2, accelerator="cpu", devices=1, logger=False)
     engine.fit(model, datamodule=datamodule)
     model.eval()
@@ -182,9 +183,11 @@ def test_checkpoint_round_trip_is_bit_identical(trained: Trained, tmp_path: Path
     assert torch.equal(actual.pred_score, expected.pred_score)
     assert torch.equal(loaded.model.memory.prototypes, trained.model.model.memory.prototypes)
     assert torch.equal(loaded.model.radius, trained.model.model.radius)
-    assert loaded.synthesis_preset == "mvtec_ad/carpet"
-    assert loaded.k_shot_selection.selected_paths == trained.model.k_shot_selection.selected_paths
-    assert len(loaded.k_shot_selection.selected_paths) == 4
+    assert loaded.model.synthesizer.preset_name == "mvtec_ad/carpet"
+    assert not state_differences(loaded.model.state_dict(), trained.model.model.state_dict())
+    checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
+    assert checkpoint["KShotMVTecAD"]["few_shot_paths"] == trained.datamodule.few_shot_paths  # the data side's state
+    assert len(trained.datamodule.few_shot_paths or []) == 4
 
     # Engine.test / Engine.predict with ckpt_path restore the same model into a fresh instance.
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
@@ -196,7 +199,7 @@ def test_checkpoint_round_trip_is_bit_identical(trained: Trained, tmp_path: Path
     fresh = _tiny_pcsnet()
     metrics = engine.test(model=fresh, datamodule=trained.datamodule, ckpt_path=trained.checkpoint)
     assert metrics == engine.test(model=trained.model, datamodule=trained.datamodule)
-    assert fresh.synthesis_preset == "mvtec_ad/carpet"
+    assert fresh.model.synthesizer.preset_name == "mvtec_ad/carpet"  # the preset travels in the state dict
 
 
 def test_loading_another_architecture_fails_clearly(trained: Trained) -> None:
@@ -233,6 +236,30 @@ CLI_MODEL = [
 ]
 
 
+def test_a_checkpoint_of_version_0_1_is_refused_by_name(trained: Trained, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
+    checkpoint["pcsnet"]["format"] = 1
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(IncompatibleCheckpointError, match=r"written by pcsnet-anomalib 0\.1 .* train again"):
+        engine.test(_tiny_pcsnet(), datamodule=trained.datamodule, ckpt_path=old)
+
+
+def test_predict_writes_files_only_with_the_prediction_writer(trained: Trained, tmp_path: Path) -> None:
+    """Prediction files are opt-in: a plain predict writes none, PredictionWriter writes the CSV, masks, heatmaps."""
+    plain = Engine(default_root_dir=tmp_path / "plain", accelerator="cpu", devices=1, logger=False)
+    plain.predict(model=trained.model, datamodule=trained.datamodule)
+    assert not list((tmp_path / "plain").rglob("predictions*"))
+    engine = Engine(
+        default_root_dir=tmp_path / "files", accelerator="cpu", devices=1, logger=False, callbacks=[PredictionWriter()]
+    )
+    predictions = _predict(engine, model=trained.model, datamodule=trained.datamodule)
+    (table,) = (tmp_path / "files").rglob("predictions/predictions.csv")
+    with table.open(encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == len(predictions)
+
+
 def test_cli_export_and_predict(trained: Trained, tmp_path: Path) -> None:
     for export_type, model_file in (("onnx", "onnx/model.onnx"), ("openvino", "openvino/model.xml")):
         export_root = tmp_path / export_type
@@ -250,6 +277,7 @@ def test_cli_export_and_predict(trained: Trained, tmp_path: Path) -> None:
         "predict",
         *CLI_MODEL,
         *("--ckpt_path", trained.checkpoint, "--data", images, "--default_root_dir", results),
+        *("--trainer.callbacks", "pcsnet_anomalib.PredictionWriter"),
         cwd=tmp_path,
     )
     (table,) = results.rglob("predictions/predictions.csv")

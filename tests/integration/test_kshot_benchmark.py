@@ -25,7 +25,7 @@ benchmark:
   model:
     grid:
       - class_path: Pcsnet
-        init_args: {{backbone: resnet18, pre_trained: false, num_epochs: 1, prior_channels: 16, grid_stride: 4,
+        init_args: {{backbone: resnet18, pre_trained: false, prior_channels: 16, grid_stride: 4,
                     cas_channels: 32}}
       - class_path: Padim
         init_args: {{backbone: resnet18, pre_trained: false}}

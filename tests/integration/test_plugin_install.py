@@ -187,13 +187,14 @@ def test_cli_resolves_model_and_demo_datamodule(installed: Env, tmp_path: Path) 
 
 def test_cli_train_export_predict(installed: Env, mvtec_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    data_args = ["--data", "MVTecAD", "--data.root", mvtec_root, "--data.category", CATEGORY, "--data.num_workers", "0"]
-    train = [installed.anomalib, "train", *MODEL_ARGS, "--model.k_shot", "4", "--model.num_epochs", "1", *data_args]
+    data_args = ["--data", "KShotMVTecAD", "--data.root", mvtec_root, "--data.category", CATEGORY]
+    data_args += ["--data.num_workers", "0", "--data.k_shot", "4", "--data.train_batch_size", "2"]
+    train = [installed.anomalib, "train", *MODEL_ARGS, *data_args]
     train += ["--data.eval_batch_size", "4", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
     output = _check(_run([*train, "--default_root_dir", results], tmp_path))
     assert "image_AUROC" in output
     assert "pixel_AUROC" in output
-    (checkpoint,) = results.glob(f"Pcsnet/MVTecAD/{CATEGORY}/v*/weights/lightning/model.ckpt")
+    (checkpoint,) = results.glob(f"Pcsnet/KShotMVTecAD/{CATEGORY}/v*/weights/lightning/model.ckpt")
 
     export_root = tmp_path / "exported"
     export = [installed.anomalib, "export", *MODEL_ARGS, "--export_type", "torch", "--ckpt_path", checkpoint]
@@ -214,7 +215,7 @@ benchmark:
   model:
     grid:
       - class_path: Pcsnet
-        init_args: {{backbone: resnet18, pre_trained: false, k_shot: 4, num_epochs: 1, grid_stride: 14,
+        init_args: {{backbone: resnet18, pre_trained: false, grid_stride: 14,
                     cas_channels: 32, prior_channels: 16}}
       - class_path: Padim
         init_args: {{backbone: resnet18, pre_trained: false}}

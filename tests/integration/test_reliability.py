@@ -176,8 +176,8 @@ def test_non_finite_loss_stops_training_without_a_checkpoint(
     checkpoints = tmp_path / "checkpoints"
     callback = ModelCheckpoint(dirpath=checkpoints, save_last=True, every_n_train_steps=1)
     model = _tiny_pcsnet()
+    engine = _engine(tmp_path / "run", max_epochs=2, callbacks=[callback])
     with pytest.raises(NonFiniteLossError, match="Non-finite training loss at epoch 0, step 0"):
-        engine = _engine(tmp_path / "run", max_epochs=2, callbacks=[callback])
         engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=2))
     assert not list(tmp_path.rglob("*.ckpt"))
 

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 from pcsnet_anomalib import Pcsnet
 from pcsnet_anomalib.benchmark import Protocol
 from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC
-from pcsnet_anomalib.benchmark.select import candidates_from_config, choose, settings_label, validation_table
+from pcsnet_anomalib.benchmark.select import EPOCHS, candidates_from_config, choose, settings_label, validation_table
 from pcsnet_anomalib.data import KShotPcsnetDemo
 from pcsnet_anomalib.data.demo import generate_demo_dataset
 
@@ -159,8 +159,7 @@ def test_shipped_benchmark_configs_follow_the_protocol(name: str) -> None:
     assert {"Pcsnet", "Padim", "Patchcore"} <= set(models)
     if not demo:
         assert "Cfa" in models
-    assert protocol.trainer["Pcsnet"]["max_epochs"] == models["Pcsnet"].get("num_epochs", 50) == 50  # the paper's
-    assert models["Pcsnet"]["k_shot"] is None  # the k-shot datamodule chooses the images
+    assert protocol.trainer["Pcsnet"]["max_epochs"] == 50  # the paper's epochs, set in one place: the trainer
     backbones = {args["backbone"] for model, args in models.items() if model != "Cfa"}
     assert len(backbones) == 1  # one backbone for every model that can choose it
     data = config["benchmark"]["data"]["init_args"]
@@ -185,15 +184,13 @@ def test_fast_demo_benchmark_differs_from_the_default_only_in_the_fast_preset() 
     assert fast["benchmark"]["seed"] == default["benchmark"]["seed"]
     (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
     default_pcsnet = next(m for m in default["benchmark"]["model"]["grid"] if m["class_path"] == "Pcsnet")
-    preset = {"grid_stride", "cas_channels", "prior_channels", "num_epochs"}
+    preset = {"grid_stride", "cas_channels", "prior_channels"}
     assert {k: v for k, v in fast_pcsnet["init_args"].items() if k not in preset} == default_pcsnet["init_args"]
     args = fast_pcsnet["init_args"]
     assert (args["grid_stride"], args["prior_channels"]) == (fast_args["grid_stride"], fast_args["prior_channels"])
     assert args["cas_channels"] / 176 == fast_args["cas_channels"] / 1792 == 0.25  # a quarter of the channels
-    # The preset's epochs are trained, not cut short by the trainer.
-    epochs = args["num_epochs"]
-    assert epochs == fast_args["num_epochs"] == fast_cli["trainer"]["max_epochs"]
-    assert fast["protocol"]["trainer"]["Pcsnet"]["max_epochs"] == epochs
+    # The preset's 100 epochs are the trainer's, the one epoch count, in both configs.
+    assert fast["protocol"]["trainer"]["Pcsnet"]["max_epochs"] == fast_cli["trainer"]["max_epochs"] == 100
 
 
 def test_the_shipped_fast_preset_is_the_one_chosen_on_validation_scores() -> None:
@@ -205,4 +202,5 @@ def test_the_shipped_fast_preset_is_the_one_chosen_on_validation_scores() -> Non
     choice = choose(validation_table(results, entries))
     fast = yaml.safe_load((REPO / "configs" / "benchmark_kshot_demo_fast.yaml").read_text())
     (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
-    assert choice.chosen == settings_label(fast_pcsnet["init_args"])
+    epochs = fast["protocol"]["trainer"]["Pcsnet"]["max_epochs"]  # a trainer setting since 0.2 (Pcsnet's in 0.1)
+    assert choice.chosen == settings_label({**fast_pcsnet["init_args"], EPOCHS: epochs})

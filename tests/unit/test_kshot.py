@@ -1,8 +1,8 @@
 """k-shot selection: one pure rule, reproducible per seed, different across seeds, clear errors; its datamodules."""
 
 import inspect
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,7 +94,9 @@ def test_kshot_datamodule_rejects_more_shots_than_images(mvtec_root: Path) -> No
         KShotMVTecAD(root=mvtec_root, category="widget", k_shot=20, num_workers=0).setup()
 
 
-@pytest.mark.parametrize(("kshot_class", "parent"), [(KShotMVTecAD, MVTecAD), (KShotMPDD, MPDD), (KShotPcsnetDemo, PcsnetDemo)])
+@pytest.mark.parametrize(
+    ("kshot_class", "parent"), [(KShotMVTecAD, MVTecAD), (KShotMPDD, MPDD), (KShotPcsnetDemo, PcsnetDemo)]
+)
 def test_kshot_datamodules_accept_every_argument_of_their_parent(kshot_class: type, parent: type) -> None:
     """The CLI (jsonargparse follows ``**kwargs`` to the parent) offers every parent argument, none dropped."""
     parser = ArgumentParser(exit_on_error=False)

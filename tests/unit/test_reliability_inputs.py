@@ -49,7 +49,7 @@ def test_check_image_files_warns_about_16_bit_only(tmp_path: Path, caplog: pytes
 
 def test_misspelt_argument_is_named() -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'k_sht'"):
-        Pcsnet(**{"k_sht": 4})
+        Pcsnet(k_sht=4)
 
 
 def test_misspelt_cli_argument_is_named(capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,7 +80,7 @@ def test_seed_alone_decides_the_initial_weights() -> None:
 
 def test_zero_variance_images_give_finite_distances_losses_and_maps() -> None:
     torch.manual_seed(0)
-    model = PcsnetModel(**{k: v for k, v in TINY_MODEL.items()})
+    model = PcsnetModel(**dict(TINY_MODEL.items()))
     images = torch.full((2, 3, 64, 64), 0.5)
     model.train()
     with torch.no_grad():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from lightning.fabric.utilities.types import _Stateful
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from pcsnet_anomalib.data.resumable import ResumableDataLoader, ResumableTrainLoaderMixin
@@ -67,7 +67,7 @@ def test_conversion_keeps_the_loader_settings_and_is_stateful_for_lightning() ->
 
 
 def test_worker_processes_serve_the_same_resumable_epoch() -> None:
-    """anomalib's datamodules default to several loader workers."""
+    """Anomalib's datamodules default to several loader workers."""
     plain = DataLoader(DATA, batch_size=3, shuffle=True, num_workers=2, prefetch_factor=1)
     with_workers = ResumableDataLoader.from_dataloader(plain, seed=4)
     assert (with_workers.num_workers, with_workers.prefetch_factor) == (2, 1)
