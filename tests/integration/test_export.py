@@ -288,6 +288,9 @@ def test_cli_export_and_predict(trained: Trained, tmp_path: Path) -> None:
         expected = trained.model(torch.stack([read_image(Path(row["image_path"]), as_tensor=True) for row in rows]))
     for row, score, label in zip(rows, expected.pred_score, expected.pred_label, strict=True):
         assert float(row["pred_score"]) == pytest.approx(float(score), abs=1e-5)
-        assert int(row["pred_label"]) == int(label)
+        # These images are also the validation images: the one whose score set the adaptive threshold sits on the
+        # normalised threshold (0.5), where float rounding between batchings flips its label (README, "Parity").
+        if abs(float(score) - 0.5) > 1e-5:
+            assert int(row["pred_label"]) == int(label)
         assert (table.parent / row["mask"]).is_file()
         assert (table.parent / row["heatmap"]).is_file()
