@@ -64,16 +64,23 @@ def restrict_to(dataset: Any, paths: list[str]) -> Any:
 class KShotMixin(ResumableTrainLoaderMixin):
     """Restrict an anomalib datamodule's training set to ``k_shot`` normal images after its validation split.
 
-    Put it before the datamodule class in the bases and call :meth:`_init_k_shot` in ``__init__``, after the
-    parent's ``__init__``. ``few_shot_paths`` holds the chosen files after setup; they are saved in checkpoints
-    (the datamodule's ``state_dict``). The training loader is resumable mid-epoch
+    Put it before the datamodule class in the bases: ``class KShotFolder(KShotMixin, Folder)`` takes every
+    argument of ``Folder`` plus ``k_shot`` and ``k_shot_seed`` (jsonargparse follows ``**kwargs`` to the parent,
+    so the CLI offers them all). ``few_shot_paths`` holds the chosen files after setup; they are saved in
+    checkpoints (the datamodule's ``state_dict``). The training loader is resumable mid-epoch
     (:class:`~pcsnet_anomalib.data.resumable.ResumableTrainLoaderMixin`).
+
+    Args:
+        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
+        k_shot_seed: seeds the choice.
+        **kwargs: every argument of the datamodule class that follows in the bases.
     """
 
     category: str
 
-    def _init_k_shot(self, k_shot: int | None, k_shot_seed: int) -> None:
+    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
         check_k_shot(k_shot)
+        super().__init__(**kwargs)
         self.k_shot = k_shot
         self.k_shot_seed = k_shot_seed
         self.few_shot_paths: list[str] | None = None
@@ -111,29 +118,15 @@ class KShotMixin(ResumableTrainLoaderMixin):
 class KShotMVTecAD(KShotMixin, MVTecAD):
     """MVTec AD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
 
-    Args:
-        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
-        k_shot_seed: seeds the choice.
-        **kwargs: every argument of ``anomalib.data.MVTecAD``.
+    Takes every argument of ``anomalib.data.MVTecAD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
     """
-
-    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_k_shot(k_shot, k_shot_seed)
 
 
 class KShotMPDD(KShotMixin, MPDD):
     """MPDD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
 
-    Args:
-        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
-        k_shot_seed: seeds the choice.
-        **kwargs: every argument of ``anomalib.data.MPDD``.
+    Takes every argument of ``anomalib.data.MPDD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
     """
-
-    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_k_shot(k_shot, k_shot_seed)
 
 
 class KShotPcsnetDemo(KShotMixin, PcsnetDemo):
@@ -141,12 +134,5 @@ class KShotPcsnetDemo(KShotMixin, PcsnetDemo):
 
     Validation is a seeded half of the test folder (``val_split_mode=from_test``), as in ``PcsnetDemo``.
 
-    Args:
-        k_shot: normal training images (the paper: 2, 4, 8); ``None`` keeps all.
-        k_shot_seed: seeds the choice.
-        **kwargs: every argument of :class:`PcsnetDemo`.
+    Takes every argument of :class:`PcsnetDemo` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
     """
-
-    def __init__(self, k_shot: int | None = 8, k_shot_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._init_k_shot(k_shot, k_shot_seed)
