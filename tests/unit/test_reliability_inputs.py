@@ -96,3 +96,21 @@ def test_zero_variance_images_give_finite_distances_losses_and_maps() -> None:
     prediction = model(images)
     assert torch.isfinite(prediction.anomaly_map).all()
     assert torch.isfinite(prediction.pred_score).all()
+
+
+@pytest.mark.parametrize(
+    ("preset", "rotation_sensitive", "reduced"),
+    [
+        ("mvtec_ad/screw", None, True),
+        ("mvtec_ad/bottle", None, False),
+        ("mvtec_ad/screw", False, False),
+        (None, None, False),
+    ],
+)
+def test_the_preset_decides_the_descriptor_unless_told(
+    preset: str | None, rotation_sensitive: bool | None, reduced: bool
+) -> None:
+    """The paper's rotation-sensitive categories get the channel-halving descriptor; an explicit choice wins."""
+    model = Pcsnet(**TINY_MODEL, synthesis_preset=preset, rotation_sensitive=rotation_sensitive)
+    assert (model.model.descriptor.reducers is not None) == reduced
+    assert model.model.synthesizer.preset_name == preset

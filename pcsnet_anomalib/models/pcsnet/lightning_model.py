@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 from pcsnet_anomalib.data.validation import check_datamodule_files
 
 from .loss import PcsnetLoss
-from .synthesis_presets import DEFAULT_PRESET, load_preset, preset_for_datamodule
+from .synthesis_presets import DEFAULT_PRESET, preset_for_datamodule
 from .torch_model import PcsnetModel, PcsnetTrainingOutput
 
 logger = logging.getLogger(__name__)
@@ -103,9 +103,6 @@ class Pcsnet(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        preset = load_preset(synthesis_preset) if synthesis_preset is not None else None
-        if rotation_sensitive is None:
-            rotation_sensitive = preset.rotation_sensitive if preset is not None else False
         self.pfa_lr = pfa_lr
         self.cas_lr = cas_lr
         self.weight_decay = weight_decay

@@ -181,7 +181,7 @@ class PcsnetModel(nn.Module):
         backbone_weights: a local checkpoint file (or ``"package:efficientnet_lite0"``) to load
             instead; nothing is downloaded.
         reduce_channels: the channel-halving descriptor stack the paper uses for
-            rotation-sensitive categories.
+            rotation-sensitive categories; ``None`` takes it from ``synthesis_preset`` (False without one).
         grid_stride: input pixels per feature-grid cell (3.5 gives the paper's 64 grid at 224).
         cas_channels: CAS width; ``None`` = half of the backbone's summed channels (896 for WRN-50-2).
         prior_channels: number of smallest prototype distances given to CAS as a prior (200).
@@ -202,7 +202,7 @@ class PcsnetModel(nn.Module):
         layers: Sequence[str] = ("layer1", "layer2", "layer3"),
         pre_trained: bool = True,
         backbone_weights: str | None = None,
-        reduce_channels: bool = False,
+        reduce_channels: bool | None = None,
         grid_stride: float = 3.5,
         cas_channels: int | None = None,
         prior_channels: int = 200,
@@ -216,6 +216,9 @@ class PcsnetModel(nn.Module):
         if grid_stride <= 0:
             msg = f"grid_stride must be positive, got {grid_stride}."
             raise ValueError(msg)
+        self.synthesizer = PatchExchange(synthesis_preset, seed=seed, stream=RandomStream.SYNTHESIS)
+        if reduce_channels is None:
+            reduce_channels = self.synthesizer.config is not None and self.synthesizer.config.rotation_sensitive
         with torch.random.fork_rng(devices=[]):  # initial weights from ``seed``; the caller's RNG is left as it was
             torch.manual_seed(seed)
             self.feature_extractor = build_feature_extractor(backbone, layers, pre_trained, backbone_weights)
@@ -230,7 +233,6 @@ class PcsnetModel(nn.Module):
                 )
                 raise ValueError(msg)
             self.cas = ContextAwareSegmentation(self.cas_channels, prior_channels, seed=seed)
-        self.synthesizer = PatchExchange(synthesis_preset, seed=seed, stream=RandomStream.SYNTHESIS)
         self.mixer = RandomSubset(seed=seed, fraction=0.5, stream=RandomStream.MIXING)
         self.keep_anomalous_distances = keep_anomalous_distances
         self.prior_channels = prior_channels
