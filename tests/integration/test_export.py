@@ -257,7 +257,12 @@ def test_predict_writes_files_only_with_the_prediction_writer(trained: Trained, 
     predictions = _predict(engine, model=trained.model, datamodule=trained.datamodule)
     (table,) = (tmp_path / "files").rglob("predictions/predictions.csv")
     with table.open(encoding="utf-8") as handle:
-        assert len(list(csv.DictReader(handle))) == len(predictions)
+        rows = list(csv.DictReader(handle))
+    # Written after anomalib's post-processor: the returned (normalised, thresholded) values, file by file.
+    assert [(row["image_path"], row["pred_score"], int(row["pred_label"])) for row in rows] == [
+        (str(item.image_path), f"{float(item.pred_score):.6f}", int(item.pred_label)) for item in predictions
+    ]
+    assert all((table.parent / row["mask"]).is_file() and (table.parent / row["heatmap"]).is_file() for row in rows)
 
 
 def test_cli_export_and_predict(trained: Trained, tmp_path: Path) -> None:
@@ -286,11 +291,14 @@ def test_cli_export_and_predict(trained: Trained, tmp_path: Path) -> None:
     assert sorted(Path(row["image_path"]).name for row in rows) == sorted(path.name for path in images.glob("*.png"))
     with torch.no_grad():
         expected = trained.model(torch.stack([read_image(Path(row["image_path"]), as_tensor=True) for row in rows]))
+    # The CLI batches and pre-processes the folder in its own process: raw scores agree to float32 rounding,
+    # which min-max normalisation by the validation score range (narrow for this 2-epoch tiny model) amplifies to
+    # about 1e-5 here. These images are also the validation images, and the one whose score set the adaptive
+    # threshold sits on the normalised threshold (0.5), where that rounding flips its label (README, "Parity").
+    tolerance = 1e-4
     for row, score, label in zip(rows, expected.pred_score, expected.pred_label, strict=True):
-        assert float(row["pred_score"]) == pytest.approx(float(score), abs=1e-5)
-        # These images are also the validation images: the one whose score set the adaptive threshold sits on the
-        # normalised threshold (0.5), where float rounding between batchings flips its label (README, "Parity").
-        if abs(float(score) - 0.5) > 1e-5:
+        assert float(row["pred_score"]) == pytest.approx(float(score), abs=tolerance)
+        if abs(float(score) - 0.5) > tolerance:
             assert int(row["pred_label"]) == int(label)
         assert (table.parent / row["mask"]).is_file()
         assert (table.parent / row["heatmap"]).is_file()
