@@ -26,6 +26,6 @@ def test_quickstart_notebook_executes(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "image_AUROC" in outputs
     assert "pixel_AUROC" in outputs
     assert "| Pcsnet" in outputs
-    assert list((tmp_path / "results").glob("Pcsnet/PcsnetDemo/brick/latest/images/*/*.png"))
+    assert list((tmp_path / "results").glob("Pcsnet/KShotPcsnetDemo/brick/latest/images/*/*.png"))
     assert list((tmp_path / "results" / "export").rglob("model.pt"))
     assert any("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
