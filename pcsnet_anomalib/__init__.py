@@ -1,4 +1,4 @@
-"""pcsnet-anomalib: few-shot anomaly detection models as an anomalib plugin (PCSNet).
+"""pcsnet-anomalib: anomaly detection models anomalib lacks, as an anomalib plugin (PCSNet, PFM, PEFM).
 
 Layers, each importing only from those before it: ``data`` (datamodules, the k-shot protocol) <- ``models``
 <- ``callbacks`` (opt-in, for any anomalib model) <- ``benchmark`` (behind the ``benchmark`` extra, not
@@ -7,7 +7,16 @@ imported here).
 
 from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
 from pcsnet_anomalib.data import KShotMPDD, KShotMVTecAD, KShotPcsnetDemo, PcsnetDemo, select_k_shot
-from pcsnet_anomalib.models import PatchExchange, PatchExchangeConfig, Pcsnet, PcsnetModel, load_preset
+from pcsnet_anomalib.models import (
+    PatchExchange,
+    PatchExchangeConfig,
+    Pcsnet,
+    PcsnetModel,
+    Pefm,
+    Pfm,
+    PfmModel,
+    load_preset,
+)
 
 __all__ = [
     "KShotMPDD",
@@ -19,13 +28,16 @@ __all__ = [
     "Pcsnet",
     "PcsnetDemo",
     "PcsnetModel",
+    "Pefm",
+    "Pfm",
+    "PfmModel",
     "PredictionWriter",
     "load_preset",
     "select_k_shot",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-# Last: make Pcsnet and PcsnetDemo visible to anomalib's lookups (also done by the start-up hook).
+# Last: make the models and datamodules visible to anomalib's lookups (also done by the start-up hook).
 from pcsnet_anomalib._plugin import register as _register
 
 _register()

@@ -21,7 +21,11 @@ logger = logging.getLogger("pcsnet_anomalib")
 
 PACKAGE = "pcsnet_anomalib"
 
-MODELS: dict[str, str] = {"Pcsnet": "pcsnet_anomalib.models:Pcsnet"}
+MODELS: dict[str, str] = {
+    "Pcsnet": "pcsnet_anomalib.models:Pcsnet",
+    "Pfm": "pcsnet_anomalib.models:Pfm",
+    "Pefm": "pcsnet_anomalib.models:Pefm",
+}
 """Name set on ``anomalib.models`` -> ``module:attribute`` of an ``AnomalibModule`` subclass."""
 
 DATAMODULES: dict[str, str] = {

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
 from pcsnet_anomalib import KShotMVTecAD, Pcsnet
-from pcsnet_anomalib.models.pcsnet.lightning_model import NonFiniteLossError
+from pcsnet_anomalib.models.components import NonFiniteLossError
 from pcsnet_anomalib.models.pcsnet.loss import PcsnetLoss
 from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, state_differences, write_mvtec_dataset
 

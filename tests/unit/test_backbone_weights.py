@@ -12,6 +12,7 @@ from skimage import data as skdata
 
 from pcsnet_anomalib.backbones import (
     PACKAGED_EFFICIENTNET_LITE0,
+    PACKAGED_WEIGHTS,
     TF_EFFICIENTNET_LITE0_LAYERS,
     build_feature_extractor,
     load_backbone_weights,
@@ -177,3 +178,21 @@ def test_packaged_lite0_features_and_cat_classification() -> None:
         probs = classifier(_chelsea_batch(cfg["mean"], cfg["std"])).softmax(-1)[0]
     assert int(probs.argmax()) in IMAGENET_CAT_CLASSES
     assert float(probs[IMAGENET_CAT_CLASSES.start : IMAGENET_CAT_CLASSES.stop].sum()) > 0.8
+
+
+@pytest.mark.parametrize("source", ["package:efficientnet_lite1", "package:efficientnet_lite2"])
+def test_packaged_lite1_and_lite2_classify_a_cat(source: str) -> None:
+    """PFM/PEFM's offline pair is Lite0 -> Lite2: the larger packages load by order and are real ImageNet models."""
+    arch = PACKAGED_WEIGHTS[source].architecture
+    classifier = timm.create_model(arch, pretrained=False).eval()
+    load_backbone_weights(classifier, source)
+    cfg = classifier.pretrained_cfg
+    with torch.no_grad():
+        probs = classifier(_chelsea_batch(cfg["mean"], cfg["std"])).softmax(-1)[0]
+    assert int(probs.argmax()) in IMAGENET_CAT_CLASSES
+    assert float(probs[IMAGENET_CAT_CLASSES.start : IMAGENET_CAT_CLASSES.stop].sum()) > 0.5
+
+
+def test_unknown_packaged_weights_name_the_available_ones() -> None:
+    with pytest.raises(ValueError, match="package:efficientnet_lite2"):
+        load_backbone_weights(_features_only("resnet18"), "package:efficientnet_lite9")

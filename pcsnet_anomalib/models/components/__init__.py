@@ -1,5 +1,6 @@
 """Building blocks shared by the models of this package."""
 
+from .checks import IncompatibleCheckpointError, NonFiniteLossError, check_finite_loss, shape_differences
 from .coord_conv import AddCoords, CoordConv2d
 from .prototype_memory import PrototypeMemory
 from .seeded import RandomSubset, SeededDropout2d, SeededModule, stream_seed
@@ -7,9 +8,13 @@ from .seeded import RandomSubset, SeededDropout2d, SeededModule, stream_seed
 __all__ = [
     "AddCoords",
     "CoordConv2d",
+    "IncompatibleCheckpointError",
+    "NonFiniteLossError",
     "PrototypeMemory",
     "RandomSubset",
     "SeededDropout2d",
     "SeededModule",
+    "check_finite_loss",
+    "shape_differences",
     "stream_seed",
 ]

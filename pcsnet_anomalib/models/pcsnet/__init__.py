@@ -1,6 +1,8 @@
 """PCSNet: Prototypical learning guided Context-aware Segmentation Network (few-shot)."""
 
-from .lightning_model import IncompatibleCheckpointError, NonFiniteLossError, Pcsnet
+from pcsnet_anomalib.models.components import IncompatibleCheckpointError, NonFiniteLossError
+
+from .lightning_model import Pcsnet
 from .loss import PcsnetLoss, PcsnetLossWeights
 from .synthesis import PatchExchange, object_mask
 from .synthesis_presets import PatchExchangeConfig, available_presets, load_preset, preset_for_datamodule

@@ -28,6 +28,11 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 from pcsnet_anomalib.data.validation import check_datamodule_files
+from pcsnet_anomalib.models.components import (
+    IncompatibleCheckpointError,
+    check_finite_loss,
+    shape_differences,
+)
 
 from .loss import PcsnetLoss
 from .synthesis_presets import DEFAULT_PRESET, preset_for_datamodule
@@ -40,14 +45,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_KEY = "pcsnet"
 CHECKPOINT_FORMAT = 2
 _DYNAMIC_BUFFERS = ("model.memory.",)  # sized at training time; their shapes come from the checkpoint
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a training loss is NaN or infinite, before a broken checkpoint can be written."""
-
-
-class IncompatibleCheckpointError(ValueError):
-    """Raised when a checkpoint was not written by Pcsnet or by a Pcsnet of another architecture."""
 
 
 class Pcsnet(AnomalibModule):
@@ -197,20 +194,13 @@ class Pcsnet(AnomalibModule):
 
     def _check_state_dict_shapes(self, state_dict: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
         """Raise :class:`IncompatibleCheckpointError` naming the differences if the architectures differ."""
-        expected, found = _architecture_shapes(self.state_dict()), _architecture_shapes(state_dict)
-        problems = [f"missing {name}" for name in expected.keys() - found.keys()]
-        problems += [f"unexpected {name}" for name in found.keys() - expected.keys()]
-        problems += [
-            f"{name}: checkpoint {found[name]}, model {shape}"
-            for name, shape in expected.items()
-            if name in found and found[name] != shape
-        ]
+        problems = shape_differences(self.state_dict(), state_dict, _DYNAMIC_BUFFERS)
         if problems:
             msg = (
                 f"The checkpoint was trained with backbone {saved.get('backbone')!r}, layers {saved.get('layers')}, "
                 f"but this Pcsnet has backbone {self.hparams.get('backbone')!r}, layers "
                 f"{list(self.hparams.get('layers', ()))} and other settings; {len(problems)} tensors differ "
-                f"(first: {'; '.join(sorted(problems)[:3])}). Build the model with the checkpoint's settings, "
+                f"(first: {'; '.join(problems[:3])}). Build the model with the checkpoint's settings, "
                 "e.g. Pcsnet.load_from_checkpoint(path)."
             )
             raise IncompatibleCheckpointError(msg)
@@ -261,10 +251,7 @@ class Pcsnet(AnomalibModule):
         assert isinstance(outputs, PcsnetTrainingOutput)  # the torch model is in training mode
         losses = self.loss(outputs, self.model.radius, outputs.anomaly_mask, outputs.mixed_is_anomalous)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            terms = {name: float(value) for name, value in losses.items()}
-            msg = f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step}: {terms}."
-            raise NonFiniteLossError(msg)
+        check_finite_loss(losses, self.current_epoch, self.global_step)
         batch_size = batch.image.shape[0]
         self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict(
@@ -314,12 +301,3 @@ class Pcsnet(AnomalibModule):
     def learning_type(self) -> LearningType:
         """ONE_CLASS: PCSNet trains (anomalib's Engine skips fitting FEW_SHOT models)."""
         return LearningType.ONE_CLASS
-
-
-def _architecture_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the torch model's tensors that the architecture fixes (not the training-sized prototypes)."""
-    return {
-        name: tuple(tensor.shape)
-        for name, tensor in state_dict.items()
-        if isinstance(tensor, torch.Tensor) and name.startswith("model.") and not name.startswith(_DYNAMIC_BUFFERS)
-    }

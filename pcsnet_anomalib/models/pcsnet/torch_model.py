@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from pcsnet_anomalib.backbones import build_feature_extractor
+from pcsnet_anomalib.backbones import build_feature_extractor, input_normalization
 from pcsnet_anomalib.models.components import CoordConv2d, PrototypeMemory, RandomSubset, SeededDropout2d
 
 from .anomaly_map import AnomalyMapGenerator
@@ -239,19 +239,12 @@ class PcsnetModel(nn.Module):
         self.n_nearest = n_nearest
         self.grid_stride = grid_stride
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma)
-        mean, std = self._normalisation(self.feature_extractor)
-        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
+        mean, std = input_normalization(self.feature_extractor)
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
         # Channels-last (NHWC) convolution weights and activations: on CPU, oneDNN's convolutions are faster
         # in this layout and bilinear resizing of many channels converts to it internally anyway (README, "Speed").
         self.to(memory_format=torch.channels_last)
-
-    @staticmethod
-    def _normalisation(extractor: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        config = getattr(extractor.feature_extractor, "pretrained_cfg", None) or {}
-        mean = config.get("mean", (0.485, 0.456, 0.406))
-        std = config.get("std", (0.229, 0.224, 0.225))
-        return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
     def train(self, mode: bool = True) -> "PcsnetModel":
         """Switch modes; the backbone stays frozen in eval mode."""
