@@ -34,6 +34,8 @@ MODEL = "model.class_path"
 CATEGORY = "data.init_args.category"
 K_SHOT = "data.init_args.k_shot"
 SEED = "data.init_args.k_shot_seed"
+ALL_IMAGES = 1_000_000
+"""``k`` of jobs that trained on all normal images (``k_shot: null``): sorts after every real k, shown as "all"."""
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 AVERAGE = "mean"
 PAPER_SUFFIX = " (paper)"
@@ -61,8 +63,13 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
     if SEED not in results.columns:
         results[SEED] = 0
     results[SEED] = results[SEED].fillna(0)
-    results[K_SHOT] = results[K_SHOT].astype(int)
+    results[K_SHOT] = results[K_SHOT].fillna(ALL_IMAGES).astype(int)
     return results
+
+
+def k_label(k: int) -> str:
+    """How a k appears in tables and plots: the number, or "all"."""
+    return "all" if k == ALL_IMAGES else str(k)
 
 
 def _split_label(entry: str | Path) -> tuple[Path, str | None]:
@@ -152,7 +159,7 @@ def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None) -> str
         lines = [
             f"### {metric} (%)",
             "",
-            "| category | model | " + " | ".join(f"k={k}" for k in ks) + " |",
+            "| category | model | " + " | ".join(f"k={k_label(k)}" for k in ks) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in ks) + " |",
         ]
         for category in categories:
@@ -189,15 +196,18 @@ def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None 
     if average.empty:
         msg = "No image_AUROC in the summary: cannot plot image AUROC against k."
         raise ValueError(msg)
+    ks = sorted(average["k"].unique())
+    finite = [k for k in ks if k != ALL_IMAGES]
+    all_position = 2 * max(finite, default=1)  # "all" sits one octave right of the largest k
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=120)
     for model, group in average.groupby("model"):
         rows = group.sort_values("k")
+        positions = rows["k"].replace(ALL_IMAGES, all_position)
         axes.errorbar(
-            rows["k"], 100 * rows["mean"], yerr=100 * rows["std"].fillna(0), marker="o", capsize=3, label=model
+            positions, 100 * rows["mean"], yerr=100 * rows["std"].fillna(0), marker="o", capsize=3, label=model
         )
-    ks = sorted(average["k"].unique())
     axes.set_xscale("log", base=2)
-    axes.set_xticks(ks, [str(k) for k in ks])
+    axes.set_xticks([all_position if k == ALL_IMAGES else k for k in ks], [k_label(k) for k in ks])
     axes.set_xlabel("k (normal training images)")
     axes.set_ylabel("image AUROC (%), category average")
     axes.set_title(title or "Image AUROC against k")

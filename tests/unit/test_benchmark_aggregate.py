@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pcsnet_anomalib.benchmark.aggregate import (
+    ALL_IMAGES,
     CATEGORY,
     K_SHOT,
     MODEL,
@@ -160,3 +161,22 @@ def test_shipped_paper_numbers_load_for_both_datasets(tmp_path: Path) -> None:
         load_paper(REPO / "benchmarks" / "paper_results.csv", "btad")
     with pytest.raises(ValueError, match="both --paper and --paper-dataset"):
         aggregate([_write_results(tmp_path / "results.csv")], tmp_path / "out", paper="x.csv")
+
+
+def test_jobs_on_all_images_form_a_k_all_column_after_every_k(tmp_path: Path) -> None:
+    """``k_shot: null`` (all normal images) is written as an empty cell; it becomes the last column, "k=all"."""
+    few = _write_results(tmp_path / "few.csv")
+    everything = tmp_path / "all.csv"
+    pd.DataFrame(
+        [
+            {MODEL: "Pcsnet", CATEGORY: "alpha", K_SHOT: None, SEED: 0, "image_AUROC": 0.97},
+            {MODEL: "Pcsnet", CATEGORY: "beta", K_SHOT: None, SEED: 0, "image_AUROC": 0.91},
+        ]
+    ).to_csv(everything, index=False)
+    summary = aggregate([few, everything], tmp_path / "out", metrics=["image_AUROC"])
+    header = next(line for line in to_markdown(summary).splitlines() if line.startswith("| category"))
+    assert header == "| category | model | k=1 | k=4 | k=all |"
+    all_rows = summary[summary["k"] == ALL_IMAGES].set_index(["category", "model"])
+    assert math.isclose(all_rows.loc[("mean", "Pcsnet"), "mean"], 0.94)
+    assert ("mean", "Padim") not in all_rows.index  # no k=all job for Padim: its cell stays empty
+    assert (tmp_path / "out" / "image_auroc_vs_k.png").is_file()

@@ -30,3 +30,43 @@ def test_the_papers_protocol_is_a_datamodule_setting(name: str) -> None:
 
     datamodule = get_datamodule(yaml.safe_load((CONFIGS / name).read_text())["data"])
     assert (datamodule.k_shot, datamodule.k_shot_seed, datamodule.train_batch_size) == (8, 0, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "latent_dims", "learning_rates", "batch_size"),
+    [
+        ("pfm_mvtec_ad.yaml", "Pfm", [200, 400, 900], [3e-3, 3e-4, 3e-4], 8),
+        ("pefm_mvtec_ad.yaml", "Pefm", [200, 400, 800], [3e-4, 3e-4, 3e-4], 16),
+    ],
+)
+def test_pfm_configs_hold_the_authors_settings(
+    name: str, model: str, latent_dims: list[int], learning_rates: list[float], batch_size: int
+) -> None:
+    """The published runs: 200 epochs, ResNet34 -> ResNet50 (torchvision weights), per-model widths, rates, batch."""
+    from anomalib.data import get_datamodule
+    from anomalib.models import get_model
+
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    init_args = {**config["model"]["init_args"], "pre_trained": False}  # same architecture, nothing downloaded
+    built = get_model({"class_path": config["model"]["class_path"], "init_args": init_args})
+    assert type(built).__name__ == model
+    assert (built.hparams.source_backbone, built.hparams.target_backbone) == ("resnet34.tv_in1k", "resnet50.tv_in1k")
+    assert [mapping.shared.out_channels for mapping in built.model.mappings] == latent_dims
+    assert [group["lr"] for group in built.configure_optimizers().param_groups] == learning_rates
+    assert config["trainer"]["max_epochs"] == 200
+    assert get_datamodule(config["data"]).train_batch_size == batch_size
+
+
+def test_pefm_demo_config_is_offline_and_uses_the_packaged_pair() -> None:
+    """The README's offline PEFM run: packaged Lite0 -> Lite2 weights, nothing from the hub."""
+    from anomalib.models import get_model
+
+    config = yaml.safe_load((CONFIGS / "pefm_demo.yaml").read_text())
+    built = get_model(config["model"])
+    assert type(built).__name__ == "Pefm"
+    assert built.hparams.pre_trained is False
+    assert (built.hparams.source_weights, built.hparams.target_weights) == (
+        "package:efficientnet_lite0",
+        "package:efficientnet_lite2",
+    )
+    assert [mapping.position_encoding for mapping in built.model.mappings] == [True, True, True]
