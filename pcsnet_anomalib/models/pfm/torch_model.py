@@ -151,7 +151,8 @@ class PfmModel(nn.Module):
         pre_trained: load pretrained backbone weights through timm (hub or its cache).
         source_weights, target_weights: local weight files or packaged weights (``"package:efficientnet_lite0"``,
             ...) for each backbone; load offline and take precedence over ``pre_trained``.
-        seed: seeds the mapping networks' initial weights (torch's global RNG is left as it was).
+        seed: seeds the mapping networks' initial weights, and random backbones' (torch's global RNG is left as it
+            was).
 
     Raises:
         ValueError: ``latent_dims`` does not have one entry per layer, the backbones' levels have different
@@ -175,8 +176,10 @@ class PfmModel(nn.Module):
         if len(latent_dims) != len(layers) or min(latent_dims, default=0) < 1:
             msg = f"latent_dims {latent_dims} must give one positive width per layer of {layers}."
             raise ValueError(msg)
-        self.source_extractor = build_feature_extractor(source_backbone, layers, pre_trained, source_weights)
-        self.target_extractor = build_feature_extractor(target_backbone, layers, pre_trained, target_weights)
+        with torch.random.fork_rng(devices=[]):  # timm initialises the backbones (randomly, then loads weights)
+            torch.manual_seed(seed)  # random backbones follow ``seed``; the caller's RNG is left as it was
+            self.source_extractor = build_feature_extractor(source_backbone, layers, pre_trained, source_weights)
+            self.target_extractor = build_feature_extractor(target_backbone, layers, pre_trained, target_weights)
         source_strides, target_strides = self.source_extractor.reductions, self.target_extractor.reductions
         if list(source_strides) != list(target_strides):
             msg = (
