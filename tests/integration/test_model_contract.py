@@ -73,9 +73,22 @@ def _default(name: str, parameter: str) -> object:
     return None if found is None else found.default
 
 
+def _model_backbones(name: str) -> list[str]:
+    """The default of every ``backbone`` / ``*_backbone`` argument of registered model ``name``, in order.
+
+    One for Pcsnet (``backbone``), two for Pfm and Pefm (``source_backbone``, ``target_backbone``).
+    """
+    parameters = inspect.signature(_model_class(name)).parameters.values()
+    return [
+        parameter.default
+        for parameter in parameters
+        if (parameter.name == "backbone" or parameter.name.endswith("_backbone")) and isinstance(parameter.default, str)
+    ]
+
+
 def _default_backbones() -> set[str]:
-    """The ``backbone`` default of every registered model's ``__init__`` (models without one need none)."""
-    return {backbone for name in MODEL_NAMES if isinstance(backbone := _default(name, "backbone"), str)}
+    """The default backbones of every registered model's ``__init__`` (models without one need none)."""
+    return {backbone for name in MODEL_NAMES for backbone in _model_backbones(name)}
 
 
 def _write_random_hub_weights(cache: Path, backbone: str) -> dict[str, torch.Tensor]:
@@ -239,25 +252,26 @@ def test_model_is_registered_with_anomalib(name: str) -> None:
 def test_default_backbone_loads_the_offline_hub_weights(
     name: str, offline_hub: OfflineHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default model really loads the cache's random weights, and without them building it fails."""
-    backbone, pre_trained = _default(name, "backbone"), _default(name, "pre_trained")
-    if not isinstance(backbone, str) or pre_trained is False:
+    """The default model really loads the cache's random weights for each backbone; without them, building fails."""
+    backbones, pre_trained = _model_backbones(name), _default(name, "pre_trained")
+    if not backbones or pre_trained is False:
         pytest.skip(f"{name} loads no pretrained backbone by default")
-    saved = offline_hub.weights[backbone]
     model = get_model(convert_to_snake_case(name))
-    architecture = timm.models.split_model_name_tag(backbone)[0]
-    extractors = [
-        module
-        for module in model.modules()
-        if (getattr(module, "pretrained_cfg", None) or {}).get("architecture") == architecture
-    ]
-    assert extractors, f"no timm {architecture} module in the default {name}"
-    for extractor in extractors:
-        state = extractor.state_dict()
-        missing = sorted(set(state) - set(saved))
-        assert not missing, f"backbone tensors not in the saved weights (renamed by timm?): {missing[:5]}"
-        differing = [key for key, value in state.items() if not torch.equal(value, saved[key])]
-        assert not differing, f"backbone tensors that are not the offline weights: {differing[:5]}"
+    for backbone in backbones:
+        saved = offline_hub.weights[backbone]
+        architecture = timm.models.split_model_name_tag(backbone)[0]
+        extractors = [
+            module
+            for module in model.modules()
+            if (getattr(module, "pretrained_cfg", None) or {}).get("architecture") == architecture
+        ]
+        assert extractors, f"no timm {architecture} module in the default {name}"
+        for extractor in extractors:
+            state = extractor.state_dict()
+            missing = sorted(set(state) - set(saved))
+            assert not missing, f"{backbone} tensors not in the saved weights (renamed by timm?): {missing[:5]}"
+            differing = [key for key, value in state.items() if not torch.equal(value, saved[key])]
+            assert not differing, f"{backbone} tensors that are not the offline weights: {differing[:5]}"
 
     # A cache without the weights must make the default model fail, not fall back to random initialisation.
     _use_hub_cache(monkeypatch, tmp_path / "empty_hub_cache")

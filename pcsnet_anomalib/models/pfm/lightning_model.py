@@ -155,6 +155,15 @@ class Pfm(AnomalibModule):
                 f"checkpoint's settings, e.g. {saved.get('model', 'Pfm')}.load_from_checkpoint(path)."
             )
             raise IncompatibleCheckpointError(msg)
+        if bool(saved.get("position_encoding")) != bool(self.hparams.get("position_encoding")):
+            # No tensor shows the encoding (it is computed, not stored): the shapes agree, the maps would not.
+            msg = (
+                f"The checkpoint's architecture is {saved}, this model's is {self._architecture()}: "
+                f"position_encoding differs (checkpoint {saved.get('position_encoding')}, model "
+                f"{self.hparams.get('position_encoding')}). Build the model with the checkpoint's settings, e.g. "
+                f"{saved.get('model', 'Pfm')}.load_from_checkpoint(path)."
+            )
+            raise IncompatibleCheckpointError(msg)
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
