@@ -67,6 +67,48 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
+def _tracing() -> bool:
+    """Whether the forward is being traced or compiled (export): caches would become stale graph constants."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+# One 1x1 convolution of a stack with its BatchNorm folded in: weight, bias, and whether a ReLU follows.
+FoldedLayer = tuple[torch.Tensor, torch.Tensor | None, bool]
+
+
+def _fold_stack(stack: nn.Sequential) -> list[FoldedLayer]:
+    """``stack``'s conv(-BN)(-ReLU) layers as convolutions with the eval-mode BatchNorm folded into their weights.
+
+    BN in eval mode is ``(x - mean) * gamma / sqrt(var + eps) + beta`` per channel, an affine map that composes
+    with the preceding 1x1 convolution into one: the weight rows scaled by ``gamma / sqrt(var + eps)``, the bias
+    ``(b - mean) * scale + beta``. One pass over each activation fewer; the same values up to float rounding.
+    """
+    layers: list[FoldedLayer] = []
+    modules = list(stack)
+    for index, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d):
+            layers.append((module.weight, module.bias, False))
+        elif isinstance(module, nn.BatchNorm2d):
+            weight, bias, _ = layers[-1]
+            scale = module.weight / torch.sqrt(module.running_var + module.eps)
+            bias = (bias if bias is not None else 0) - module.running_mean
+            layers[-1] = (weight * scale[:, None, None, None], bias * scale + module.bias, False)
+        elif isinstance(module, nn.ReLU):
+            layers[-1] = (*layers[-1][:2], True)
+        else:  # pragma: no cover - the stacks are built above
+            msg = f"Cannot fold {type(module).__name__} (layer {index} of a mapping stack)."
+            raise TypeError(msg)
+    return layers
+
+
+def _run_folded(features: torch.Tensor, layers: list[FoldedLayer]) -> torch.Tensor:
+    for weight, bias, relu in layers:
+        features = F.conv2d(features, weight, bias)
+        if relu:
+            features = F.relu_(features)
+    return features
+
+
 class FeatureMapping(nn.Module):
     """One level's bidirectional mapping (the papers' "small" network, Table I of both).
 
@@ -74,6 +116,11 @@ class FeatureMapping(nn.Module):
     ``shared``: one plain 1x1 conv ``2 latent -> latent`` used by both directions; decoders: conv-BN-ReLU to
     ``2 latent``, to ``out/2 + latent``, then a plain 1x1 conv to the other backbone's width. Parameters are
     registered in the authors' order (encoder1, shared_coder, decoder1, encoder2, decoder2).
+
+    In eval mode without gradients, the stacks run with their BatchNorms folded into the convolutions
+    (:func:`_fold_stack`); the folded weights are cached until a parameter or statistic changes (optimizer step,
+    ``load_state_dict``, ``to``), and training, gradient-enabled and traced/exported forwards use the modules
+    themselves. The position encodings are cached per shape, device and dtype. Neither cache is in the state dict.
 
     Args:
         source_channels: width of the source backbone at this level.
@@ -106,12 +153,38 @@ class FeatureMapping(nn.Module):
             *_conv_bn_relu(2 * latent_dim, source_hidden),
             nn.Conv2d(source_hidden, source_channels, 1),
         )
+        self._encodings: dict[tuple, torch.Tensor] = {}
+        self._folded: tuple[tuple, dict[str, list[FoldedLayer]]] | None = None
 
     def _encoded_input(self, features: torch.Tensor) -> torch.Tensor:
         if not self.position_encoding:
             return features
-        channels, height, width = features.shape[1:]
-        return features + position_encoding_2d(channels, height, width, features.device).to(features.dtype)
+        key = (*features.shape[1:], features.device, features.dtype)
+        encoding = self._encodings.get(key)
+        if encoding is None:
+            encoding = position_encoding_2d(*key[:3], features.device).to(features.dtype)
+            if _tracing():
+                return features + encoding
+            self._encodings[key] = encoding
+        return features + encoding
+
+    def _folded_stacks(self) -> dict[str, list[FoldedLayer]]:
+        """The four stacks and the shared layer, BatchNorm folded, recomputed when any tensor of the module changed.
+
+        The key holds each parameter's and buffer's storage and version counter: in-place updates (optimizer
+        steps, ``load_state_dict``) bump the version, ``to``/``half`` replace the storage.
+        """
+        tensors = (*self.parameters(), *self.buffers())
+        key = tuple((tensor.data_ptr(), tensor._version) for tensor in tensors)  # noqa: SLF001 (autograd's counter)
+        if self._folded is None or self._folded[0] != key:
+            with torch.no_grad():
+                stacks = {
+                    name: _fold_stack(getattr(self, name))
+                    for name in ("source_encoder", "target_decoder", "target_encoder", "source_decoder")
+                }
+                stacks["shared"] = [(self.shared.weight, self.shared.bias, False)]
+            self._folded = (key, stacks)
+        return self._folded[1]
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``source`` to the target space and ``target`` to the source space.
@@ -120,8 +193,14 @@ class FeatureMapping(nn.Module):
             ``(source_mapped, target_mapped)``: the target features mapped to the source space and the source
             features mapped to the target space (the authors' ``(xs_hat, xt_hat)`` order).
         """
-        target_mapped = self.target_decoder(self.shared(self.source_encoder(self._encoded_input(source))))
-        source_mapped = self.source_decoder(self.shared(self.target_encoder(self._encoded_input(target))))
+        source, target = self._encoded_input(source), self._encoded_input(target)
+        if self.training or torch.is_grad_enabled() or _tracing():
+            target_mapped = self.target_decoder(self.shared(self.source_encoder(source)))
+            source_mapped = self.source_decoder(self.shared(self.target_encoder(target)))
+            return source_mapped, target_mapped
+        stacks = self._folded_stacks()
+        target_mapped = _run_folded(source, stacks["source_encoder"] + stacks["shared"] + stacks["target_decoder"])
+        source_mapped = _run_folded(target, stacks["target_encoder"] + stacks["shared"] + stacks["source_decoder"])
         return source_mapped, target_mapped
 
 
@@ -141,6 +220,9 @@ class PfmModel(nn.Module):
     Input: images in ``[0, 1]``; each backbone normalises them with its own training statistics.
     Training mode returns :class:`PfmTrainingOutput`; eval mode an ``InferenceBatch`` whose anomaly map is the
     mean over levels of the upsampled per-level error maps and whose score is the map's maximum.
+
+    Weights and activations use the channels-last (NHWC) layout: every mapping layer is a 1x1 convolution, which
+    in that layout is one matrix product over positions, without the layout conversions oneDNN makes for NCHW.
 
     Args:
         source_backbone: timm name of the source network (ResNet34 with torchvision's weights in the papers).
@@ -201,6 +283,7 @@ class PfmModel(nn.Module):
             mean, std = input_normalization(extractor)
             self.register_buffer(f"{prefix}_mean", mean, persistent=False)
             self.register_buffer(f"{prefix}_std", std, persistent=False)
+        self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> "PfmModel":
         """Switch modes; the backbones stay frozen in eval mode (fixed BatchNorm statistics)."""
@@ -212,6 +295,7 @@ class PfmModel(nn.Module):
     def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Source and target features of ``images`` in ``[0, 1]``, L2-normalised over channels at each position."""
         self._check_input(images)
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             source = self.source_extractor((images - self.source_mean) / self.source_std)
             target = self.target_extractor((images - self.target_mean) / self.target_std)
