@@ -60,7 +60,17 @@ def check_image_files(paths: Iterable[str]) -> None:
 
 
 def check_datamodule_files(datamodule: Any, stage: str) -> None:
-    """Check the files of the datasets ``stage`` reads (no-op for datamodules without anomalib datasets)."""
+    """Check the files of the datasets ``stage`` reads (no-op for datamodules without anomalib datasets).
+
+    Raises:
+        ValueError: fitting with a training set of no images (a wrong root or category: Lightning would otherwise
+            run zero steps and save an untrained model), or image files that cannot be read (all of them named).
+    """
+    train_data = getattr(datamodule, "train_data", None)
+    if stage == "fit" and train_data is not None and hasattr(train_data, "samples") and len(train_data.samples) == 0:
+        category = getattr(train_data, "category", None) or "this dataset"
+        msg = f"The training set of {category} has no normal images: check the dataset root and category."
+        raise ValueError(msg)
     paths: list[str] = []
     for name in STAGE_DATASETS.get(stage, ()):
         dataset = getattr(datamodule, name, None)

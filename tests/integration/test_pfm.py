@@ -256,6 +256,19 @@ def test_empty_train_folder_fails_before_training(tmp_path: Path, name: str) -> 
     assert model.global_step == 0
 
 
+def test_empty_train_folder_of_a_plain_mvtec_datamodule_fails_at_setup(tmp_path: Path) -> None:
+    """Without the k-shot option too: zero training steps would otherwise save and test an untrained model."""
+    from anomalib.data import MVTecAD
+
+    root = write_mvtec_dataset(tmp_path / "data", n_train=0, n_test_good=2, n_test_defect=2)
+    model = _tiny(Pfm)
+    datamodule = MVTecAD(root=root, category=CATEGORY, train_batch_size=2, eval_batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match="has no normal images: check the dataset root and category"):
+        _engine(tmp_path / "run").fit(model, datamodule=datamodule)
+    assert model.global_step == 0
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
 def test_images_smaller_than_the_deepest_stride_fail_at_the_first_step(tmp_path: Path, name: str) -> None:
     root = write_mvtec_dataset(tmp_path / "data", size=16, n_train=2, n_test_good=1, n_test_defect=1)
