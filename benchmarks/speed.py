@@ -66,8 +66,8 @@ AUTHORS_CODE = {
     "authors-pfm": ("pfm_authors_code", "PEFM_AD.py"),
     "authors-pefm": ("pfm_authors_code", "PEFM_AD.py"),
 }
-# PFM/PEFM settings of both sides: the papers' ResNet34 -> ResNet50 at three levels; PEFM adds the position
-# encoding and narrows level 3 (MB-PFM-ResNet.py:140, PEFM's published logs).
+# PFM/PEFM: the papers' ResNet34 -> ResNet50 at three levels on both sides. The authors' side is built from these
+# settings of theirs (MB-PFM-ResNet.py:140, PEFM's published logs), ours from Pfm's and Pefm's own defaults.
 PFM_BACKBONES = ("resnet34", "resnet50")
 PFM_SETTINGS = {"pfm": ((200, 400, 900), False), "pefm": ((200, 400, 800), True)}
 FIT_IMAGES = 4
@@ -205,25 +205,19 @@ def _pfm_backbones(seed: int) -> list[nn.Module]:
 
 
 def _build_pfm(name: str, args: argparse.Namespace) -> _Bench:
-    """Our Pfm/Pefm torch model, trained as ``Pfm.training_step`` does: one Adam, one parameter group per level."""
-    from pcsnet_anomalib.models.pfm import PfmLoss, PfmModel, PfmTrainingOutput
+    """Our Pfm/Pefm at its defaults (latent widths, encoding, learning rates), trained as ``Pfm.training_step`` does."""
+    from pcsnet_anomalib.models.pfm import Pefm, Pfm, PfmTrainingOutput
 
-    latent_dims, position_encoding = PFM_SETTINGS[name]
-    model = PfmModel(
-        *PFM_BACKBONES, latent_dims=latent_dims, position_encoding=position_encoding, pre_trained=False, seed=args.seed
-    )
+    lightning_model = {"pfm": Pfm, "pefm": Pefm}[name](*PFM_BACKBONES, pre_trained=False, seed=args.seed)
+    model = lightning_model.model
     extractors = (model.source_extractor, model.target_extractor)
     for extractor, backbone in zip(extractors, _pfm_backbones(args.seed), strict=True):
         missing = extractor.feature_extractor.load_state_dict(backbone.state_dict(), strict=False).missing_keys
         if missing:
             msg = f"The torchvision weights leave {missing} of the timm extractor unset."
             raise ValueError(msg)
-    loss_fn = PfmLoss()
-    rates = (3e-3, 3e-4, 3e-4) if name == "pfm" else (3e-4, 3e-4, 3e-4)  # Pfm's and Pefm's defaults
-    optimizer = torch.optim.Adam(
-        [{"params": mapping.parameters(), "lr": rate} for mapping, rate in zip(model.mappings, rates, strict=True)],
-        weight_decay=1e-5,
-    )
+    loss_fn = lightning_model.loss
+    optimizer = lightning_model.configure_optimizers()
     bench = _Bench()
 
     def infer(images: torch.Tensor) -> object:

@@ -69,8 +69,8 @@ _NESTED_KEYS = ("state_dict", "model")
 _FLATTENED_CHILD = re.compile(r"^(?P<parent>.+)_(?P<index>\d+)$")
 
 
-def _packaged_state_dict(source: str) -> tuple[dict[str, torch.Tensor], str, str]:
-    """Return packaged weights renamed, by order, to their timm architecture's keys, the file and the architecture."""
+def _packaged_state_dict(source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Return packaged weights renamed, by order, to their timm architecture's keys, and the file name."""
     packaged_weights = PACKAGED_WEIGHTS[source]
     arch = packaged_weights.architecture
     path = packaged_weights.checkpoint_path(source)
@@ -90,7 +90,7 @@ def _packaged_state_dict(source: str) -> tuple[dict[str, torch.Tensor], str, str
             )
             raise ValueError(msg)
         remapped[key] = tensor
-    return remapped, str(path), arch
+    return remapped, str(path)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +160,8 @@ def load_backbone_weights(feature_extractor: nn.Module, source: str | Path) -> N
         ValueError: the file is unreadable, or keys are missing or have the wrong shape.
     """
     if str(source) in PACKAGED_WEIGHTS:
-        state, name, packaged_arch = _packaged_state_dict(str(source))
+        state, name = _packaged_state_dict(str(source))
+        packaged_arch = PACKAGED_WEIGHTS[str(source)].architecture
         arch = (getattr(feature_extractor, "pretrained_cfg", None) or {}).get("architecture")
         if arch != packaged_arch:
             logger.warning("Packaged weights are for %s, loading them into %s.", packaged_arch, arch)
@@ -274,7 +275,7 @@ def register_packaged_timm_weights(cache_dir: str | Path | None = None) -> list[
         target = Path(cache_dir or _TIMM_CACHE).expanduser() / f"{name}.pth"
         if not target.is_file():
             try:
-                state, path, _ = _packaged_state_dict(source)
+                state, path = _packaged_state_dict(source)
             except ImportError:
                 logger.info("%s is not installed: %s is not registered.", packaged_weights.distribution, name)
                 continue

@@ -147,20 +147,20 @@ class Pfm(AnomalibModule):
                 f"are {sorted(checkpoint.get('hyper_parameters', {}))}: load it with the model class that trained it."
             )
             raise IncompatibleCheckpointError(msg)
-        problems = shape_differences(self.state_dict(), checkpoint.get("state_dict", {}))
-        if problems:
-            msg = (
-                f"The checkpoint's architecture is {saved}, this model's is {self._architecture()}; "
-                f"{len(problems)} tensors differ (first: {'; '.join(problems[:3])}). Build the model with the "
-                f"checkpoint's settings, e.g. {saved.get('model', 'Pfm')}.load_from_checkpoint(path)."
-            )
-            raise IncompatibleCheckpointError(msg)
+        differences = []
         if bool(saved.get("position_encoding")) != bool(self.hparams.get("position_encoding")):
             # No tensor shows the encoding (it is computed, not stored): the shapes agree, the maps would not.
+            differences.append(
+                f"position_encoding differs (checkpoint {saved.get('position_encoding')}, model "
+                f"{self.hparams.get('position_encoding')})"
+            )
+        problems = shape_differences(self.state_dict(), checkpoint.get("state_dict", {}))
+        if problems:
+            differences.append(f"{len(problems)} tensors differ (first: {'; '.join(problems[:3])})")
+        if differences:
             msg = (
                 f"The checkpoint's architecture is {saved}, this model's is {self._architecture()}: "
-                f"position_encoding differs (checkpoint {saved.get('position_encoding')}, model "
-                f"{self.hparams.get('position_encoding')}). Build the model with the checkpoint's settings, e.g. "
+                f"{'; '.join(differences)}. Build the model with the checkpoint's settings, e.g. "
                 f"{saved.get('model', 'Pfm')}.load_from_checkpoint(path)."
             )
             raise IncompatibleCheckpointError(msg)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from pcsnet_anomalib.backbones import build_feature_extractor, input_normalization
 
@@ -79,20 +80,19 @@ FoldedLayer = tuple[torch.Tensor, torch.Tensor | None, bool]
 def _fold_stack(stack: nn.Sequential) -> list[FoldedLayer]:
     """``stack``'s conv(-BN)(-ReLU) layers as convolutions with the eval-mode BatchNorm folded into their weights.
 
-    BN in eval mode is ``(x - mean) * gamma / sqrt(var + eps) + beta`` per channel, an affine map that composes
-    with the preceding 1x1 convolution into one: the weight rows scaled by ``gamma / sqrt(var + eps)``, the bias
-    ``(b - mean) * scale + beta``. One pass over each activation fewer; the same values up to float rounding.
+    BN in eval mode is an affine map per channel that composes with the preceding 1x1 convolution into one
+    (torch's ``fuse_conv_bn_weights``). One pass over each activation fewer; the same values up to float rounding.
     """
     layers: list[FoldedLayer] = []
-    modules = list(stack)
-    for index, module in enumerate(modules):
+    for index, module in enumerate(stack):
         if isinstance(module, nn.Conv2d):
             layers.append((module.weight, module.bias, False))
         elif isinstance(module, nn.BatchNorm2d):
             weight, bias, _ = layers[-1]
-            scale = module.weight / torch.sqrt(module.running_var + module.eps)
-            bias = (bias if bias is not None else 0) - module.running_mean
-            layers[-1] = (weight * scale[:, None, None, None], bias * scale + module.bias, False)
+            folded = fuse_conv_bn_weights(
+                weight, bias, module.running_mean, module.running_var, module.eps, module.weight, module.bias
+            )
+            layers[-1] = (*folded, False)
         elif isinstance(module, nn.ReLU):
             layers[-1] = (*layers[-1][:2], True)
         else:  # pragma: no cover - the stacks are built above
@@ -163,9 +163,8 @@ class FeatureMapping(nn.Module):
         encoding = self._encodings.get(key)
         if encoding is None:
             encoding = position_encoding_2d(*key[:3], features.device).to(features.dtype)
-            if _tracing():
-                return features + encoding
-            self._encodings[key] = encoding
+            if not _tracing():
+                self._encodings[key] = encoding
         return features + encoding
 
     def _folded_stacks(self) -> dict[str, list[FoldedLayer]]:
