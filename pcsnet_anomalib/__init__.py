@@ -5,7 +5,7 @@ Layers, each importing only from those before it: ``data`` (datamodules, the k-s
 imported here).
 """
 
-from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter
+from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter, ThresholdCalibration
 from pcsnet_anomalib.data import KShotMPDD, KShotMVTecAD, KShotPcsnetDemo, PcsnetDemo, select_k_shot
 from pcsnet_anomalib.models import (
     PatchExchange,
@@ -32,6 +32,7 @@ __all__ = [
     "Pfm",
     "PfmModel",
     "PredictionWriter",
+    "ThresholdCalibration",
     "load_preset",
     "select_k_shot",
 ]

@@ -1,0 +1,193 @@
+"""Image thresholds without defect images, against anomalib's thresholds, on the offline demo data.
+
+For each model x category x k x seed, the model is fitted on k normal images (``KShotPcsnetDemo``) with
+:class:`~pcsnet_anomalib.ThresholdCalibration` attached, and its raw image scores on the demo's validation and test
+halves are recorded. Image thresholds compared, each judged on the test half (real defects, never used to set a
+threshold here except by the reference):
+
+* ``calibrated (F1)``: the callback's threshold (held-out training images + pseudo-anomalies, balanced F1);
+* ``calibrated (FRR 1%)``: the ``false_rejection_rate=0.01`` operating point on the same calibration set;
+* ``(a) anomalib, real anomalies``: anomalib's ``F1AdaptiveThreshold`` on the validation half (normal and real
+  anomalous images): the reference a user with no defect images cannot have;
+* ``(b) anomalib, no anomalies``: the same metric on the validation half's normal images only, i.e. anomalib's
+  fall-back (the highest normal validation score); it uses normal images beyond the k;
+* ``(c) anomalib, synthetic``: the same metric on anomalib's ``SyntheticAnomalyDataset`` (what
+  ``ValSplitMode.SYNTHETIC`` validates on) built from the k training images, the only normal images a k-shot user
+  has (anomalib's datamodule would split them off the training set instead, training on fewer images).
+
+Each job's scores are saved as JSON in ``--out/jobs``; an interrupted run resumes without redoing finished jobs.
+Run from the repository root::
+
+    .venv/bin/python benchmarks/thresholds.py --out benchmarks/results/thresholds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib.data.utils.synthetic import SyntheticAnomalyDataset  # what ValSplitMode.SYNTHETIC uses
+from anomalib.engine import Engine
+from anomalib.metrics import F1AdaptiveThreshold
+from anomalib.models import Patchcore
+from lightning.pytorch import seed_everything
+
+from pcsnet_anomalib import KShotPcsnetDemo, Pcsnet, ThresholdCalibration
+from pcsnet_anomalib.backbones.weights import register_packaged_timm_weights
+from pcsnet_anomalib.callbacks.calibration import false_rejection_threshold, raw_predictions
+
+BACKBONE = "tf_efficientnet_lite0.package_in1k"
+METHODS = (
+    "calibrated (F1)",
+    "calibrated (FRR 1%)",
+    "(a) anomalib, real anomalies",
+    "(b) anomalib, no anomalies",
+    "(c) anomalib, synthetic",
+)
+
+
+def build_model(name: str, seed: int, fast: bool) -> tuple[Any, int]:
+    """The model at the offline benchmark's settings (packaged EfficientNet-Lite0) and its epoch count."""
+    if name == "Patchcore":
+        return Patchcore(backbone=BACKBONE, layers=["blocks.2", "blocks.4"], pre_trained=True), 1
+    extra = {"grid_stride": 4.667, "cas_channels": 448} if fast else {}
+    model = Pcsnet(backbone=BACKBONE, layers=["blocks.1", "blocks.2", "blocks.4"], pre_trained=True, seed=seed, **extra)
+    return model, 100 if fast else 50
+
+
+def dataset_scores(model: Any, dataset: Any) -> tuple[list[float], list[int]]:
+    """Raw image scores and labels of every image of an anomalib dataset."""
+    items = [dataset[index] for index in range(len(dataset))]
+    scores, _, _ = raw_predictions(model, torch.stack([item.image for item in items]).float())
+    return scores.tolist(), [int(item.gt_label) for item in items]
+
+
+def anomalib_threshold(scores: list[float], labels: list[int]) -> float:
+    """Image threshold as anomalib sets it: ``F1AdaptiveThreshold`` over (score, label) pairs, fall-back included."""
+    metric = F1AdaptiveThreshold(fields=["pred_score", "gt_label"])
+    metric.update(SimpleNamespace(pred_score=torch.tensor(scores), gt_label=torch.tensor(labels)))
+    return float(metric.compute())
+
+
+def run_job(model_name: str, category: str, k: int, seed: int, fast: bool, work: Path) -> dict[str, Any]:
+    """Fit one model with calibration; return every threshold and the test scores."""
+    seed_everything(seed, workers=True)
+    datamodule = KShotPcsnetDemo(
+        category=category, k_shot=k, k_shot_seed=seed, train_batch_size=2, eval_batch_size=8, num_workers=0
+    )
+    model, epochs = build_model(model_name, seed, fast)
+    calibration = ThresholdCalibration(seed=seed)
+    engine = Engine(
+        callbacks=[calibration],
+        default_root_dir=work,
+        logger=False,
+        accelerator="cpu",
+        max_epochs=epochs,
+        check_val_every_n_epoch=epochs,
+        enable_progress_bar=False,
+    )
+    started = time.perf_counter()
+    engine.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    report = calibration.report
+    assert report is not None
+    val_scores, val_labels = dataset_scores(model, datamodule.val_data)
+    test_scores, test_labels = dataset_scores(model, datamodule.test_data)
+    with tempfile.TemporaryDirectory() as synthetic_root:
+        synthetic = SyntheticAnomalyDataset.from_dataset(datamodule.train_data)
+        synthetic_scores, synthetic_labels = dataset_scores(model, synthetic)
+        del synthetic, synthetic_root
+    normal_val = [score for score, label in zip(val_scores, val_labels, strict=True) if label == 0]
+    thresholds = {
+        "calibrated (F1)": report.image_threshold,
+        "calibrated (FRR 1%)": false_rejection_threshold(torch.tensor(report.normal_scores), 0.01),
+        "(a) anomalib, real anomalies": anomalib_threshold(val_scores, val_labels),
+        "(b) anomalib, no anomalies": anomalib_threshold(normal_val, [0] * len(normal_val)),
+        "(c) anomalib, synthetic": anomalib_threshold(synthetic_scores, synthetic_labels),
+    }
+    return {
+        "model": model_name,
+        "category": category,
+        "k": k,
+        "seed": seed,
+        "fit_seconds": fit_seconds,
+        "thresholds": thresholds,
+        "test_scores": test_scores,
+        "test_labels": test_labels,
+        "report": {
+            "normal_images": report.normal_images,
+            "pseudo_anomalies": report.pseudo_anomalies,
+            "folds": report.folds,
+        },
+    }
+
+
+def rates(threshold: float, scores: list[float], labels: list[int]) -> tuple[float, float, float]:
+    """Image F1, false-rejection rate and miss rate of ``score > threshold``."""
+    score, label = np.asarray(scores), np.asarray(labels).astype(bool)
+    called = score > threshold
+    true_positives = int((called & label).sum())
+    f1 = 2 * true_positives / (int(called.sum()) + int(label.sum()))
+    return f1, float(called[~label].mean()), float((~called[label]).mean())
+
+
+def summarise(jobs: list[dict[str, Any]]) -> str:
+    """Markdown table: mean ± std over seeds of the category mean, per model, k and threshold."""
+    lines = [
+        "| model | k | threshold | image F1 (%) | false rejection (%) | miss rate (%) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for model in sorted({job["model"] for job in jobs}):
+        for k in sorted({job["k"] for job in jobs if job["model"] == model}):
+            for method in METHODS:
+                per_seed = []
+                for seed in sorted({job["seed"] for job in jobs}):
+                    chosen = [j for j in jobs if (j["model"], j["k"], j["seed"]) == (model, k, seed)]
+                    if chosen:
+                        values = [rates(j["thresholds"][method], j["test_scores"], j["test_labels"]) for j in chosen]
+                        per_seed.append(np.mean(values, axis=0) * 100)
+                mean, std = np.mean(per_seed, axis=0), np.std(per_seed, axis=0, ddof=1) if len(per_seed) > 1 else 0
+                cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, np.broadcast_to(std, 3), strict=True))
+                lines.append(f"| {model} | {k} | {method} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the grid (resuming finished jobs) and write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", default=["Patchcore", "Pcsnet"], choices=["Patchcore", "Pcsnet"])
+    parser.add_argument("--categories", nargs="+", default=["brick", "grass", "gravel"])
+    parser.add_argument("--k", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--pcsnet-fast", action="store_true", help="Pcsnet's fast preset (100 epochs)")
+    args = parser.parse_args()
+    register_packaged_timm_weights()
+    jobs_dir = args.out / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for model in args.models:
+        for k in args.k:
+            for seed in args.seeds:
+                for category in args.categories:
+                    path = jobs_dir / f"{model}_{category}_k{k}_seed{seed}.json"
+                    if not path.exists():
+                        with tempfile.TemporaryDirectory() as work:
+                            job = run_job(model, category, k, seed, args.pcsnet_fast, Path(work))
+                        path.write_text(json.dumps(job))
+                        print(f"{path.name}: fit + calibration {job['fit_seconds']:.0f} s", flush=True)
+                    jobs.append(json.loads(path.read_text()))
+    table = summarise(jobs)
+    (args.out / "summary.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
