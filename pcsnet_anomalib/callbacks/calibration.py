@@ -95,7 +95,7 @@ class CalibrationReport:
 
 
 def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scores, labels = scores.detach().flatten().double().cpu(), labels.detach().flatten().bool().cpu()
+    scores, labels = scores.detach().flatten().float().cpu(), labels.detach().flatten().bool().cpu()
     if scores.numel() != labels.numel():
         msg = f"scores and labels differ in size: {scores.numel()} vs {labels.numel()}."
         raise ValueError(msg)
@@ -106,8 +106,12 @@ def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 def _cut_below(higher: float, lower: float) -> float:
-    """A value t with lower <= t < higher, midway when floats allow: ``score > t`` keeps ``higher``, drops ``lower``."""
-    middle = (higher + lower) / 2
+    """A float32 value t with lower <= t < higher, midway when float32 allows.
+
+    Thresholds live in float32 buffers and are compared with float32 scores, so the midpoint is rounded to float32
+    before it is checked: ``score > t`` then keeps ``higher`` and drops ``lower`` exactly as computed here.
+    """
+    middle = float(torch.tensor((higher + lower) / 2, dtype=torch.float32))
     return middle if lower <= middle < higher else lower
 
 
@@ -139,7 +143,7 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor, balanced: b
     best = int(torch.argmax(f1))  # first maximum = fewest images called anomalous = highest threshold
     lowest_called = float(sorted_scores[best])
     if best + 1 == scores.numel():
-        return math.nextafter(lowest_called, -math.inf)
+        return float(torch.nextafter(sorted_scores[best], torch.tensor(-math.inf)))
     return _cut_below(lowest_called, float(sorted_scores[best + 1]))
 
 
@@ -302,7 +306,9 @@ class ThresholdCalibration(Callback):
         train_data = datamodule.train_data
         preset = self.preset or preset_for_datamodule(datamodule) or DEFAULT_PRESET
         synthesizer = PatchExchange(preset, seed=self.seed)
-        epochs = max(trainer.current_epoch, 1)
+        # Models that learn by gradient steps get as many steps as the main fit (fewer images per epoch otherwise
+        # mean less training and scores on another scale); memory-bank models, without an optimiser, one pass as it.
+        length = {"max_steps": trainer.global_step, "max_epochs": -1} if trainer.optimizers else {"max_epochs": 1}
         image_scores, image_labels, pixel_scores, pixel_labels = [], [], [], []
         held_out: list[str] = []
         anomaly_kinds: list[str] = []
@@ -310,7 +316,7 @@ class ThresholdCalibration(Callback):
         folds = self._fold_assignment(self._training_paths(trainer))
         for fold_index, fold_paths in enumerate(folds):
             fit_paths = sorted(set(train_data.samples.image_path) - set(fold_paths))
-            fold_model = self._fit_fold(trainer, datamodule, restrict_to(train_data, fit_paths), epochs)
+            fold_model = self._fit_fold(trainer, datamodule, restrict_to(train_data, fit_paths), length)
             held = restrict_to(train_data, fold_paths)
             images = torch.stack([held[index].image for index in range(len(held))]).float()
             anomalous, masks, kinds = self._synthesize(images, synthesizer, fold_index)
@@ -366,8 +372,8 @@ class ThresholdCalibration(Callback):
             kinds.extend([kind] * repeated.shape[0])
         return torch.cat(outputs), torch.cat(masks), kinds
 
-    def _fit_fold(self, trainer: Trainer, datamodule: Any, fit_data: Any, epochs: int) -> LightningModule:
-        """A copy of the untrained model fitted on ``fit_data`` like the main fit (same datamodule settings)."""
+    def _fit_fold(self, trainer: Trainer, datamodule: Any, fit_data: Any, length: dict[str, int]) -> LightningModule:
+        """A copy of the untrained model fitted on ``fit_data`` like the main fit (datamodule settings, ``length``)."""
         assert self._untrained is not None
         fold_model = copy.deepcopy(self._untrained)
         fold_datamodule = copy.copy(datamodule)  # same loader settings; its split is already made
@@ -376,7 +382,7 @@ class ThresholdCalibration(Callback):
             accelerator=trainer.accelerator,
             devices=1,
             precision=trainer.precision,
-            max_epochs=epochs,
+            **length,
             gradient_clip_val=trainer.gradient_clip_val,
             gradient_clip_algorithm=trainer.gradient_clip_algorithm,
             accumulate_grad_batches=trainer.accumulate_grad_batches,
