@@ -7,24 +7,32 @@ validation score, and a k-shot user has no spare normal images for validation at
 
 1. **Cross-fitting.** The training images are split into ``folds`` seeded folds (leave-one-out when there are
    fewer images than folds). For each fold, a copy of the model as it was before training is fitted on the other
-   folds, with the same datamodule settings and as many epochs as the main fit ran, and scores the fold's images,
-   which it never saw. A model scoring its own training images scores them too low (a memory bank holds them
-   exactly), so held-out scores are the only honest normal scores there are. Every model is re-fitted whole:
-   this works for any anomalib model and costs ``folds`` extra fits (of ``(folds - 1) / folds`` of the images).
-2. **Pseudo-anomalies.** ``anomalies_per_image`` pseudo-anomalous copies of each held-out image are synthesised
-   with the category's PCSNet patch-exchange preset (``preset_for_datamodule``; ``default`` when the datamodule
-   has none) and scored by the same fold model, with exact masks.
-3. **Operating point.** The image threshold maximises image F1 on these scores (``operating_point="f1"``), or is
-   the lowest that rejects at most ``false_rejection_rate`` of the held-out normal images
-   (``"false_rejection_rate"``, how inspection lines are usually specified). The pixel threshold maximises pixel
-   F1 on the pseudo-anomalies' masks in both cases.
+   folds with the same datamodule settings (models trained by gradient steps for as many steps as the main fit, so
+   that their scores are on its scale; memory-bank models in one pass) and scores the fold's images, which it never
+   saw. A model scoring its own training images scores them too low (a memory bank holds them exactly), so
+   held-out scores are the honest normal scores there are. Every model is re-fitted whole: this works for any
+   anomalib model and costs ``folds`` extra fits. The price: each fold model saw fewer images than the final
+   model, which scores unseen normal images lower the more images it saw (at k = 2 a fold model has one image).
+2. **Pseudo-anomalies.** ``anomalies_per_image`` pseudo-anomalous copies of each held-out image per generator,
+   scored by the same fold model, with exact masks: anomalib's ``PerlinAnomalyGenerator`` (``"perlin"``, the
+   default), PCSNet's patch exchange with the category's preset (``"patch_exchange"``; ``preset_for_datamodule``,
+   ``default`` when the datamodule has none), or both. Patch exchange moves a piece of the image within itself:
+   on textures it is nearly invisible to a one-class model, by design (it is PCSNet's training signal), so its
+   scores overlap the normal ones; the default was chosen on the demo data's validation half
+   (``benchmarks/results/thresholds/``).
+3. **Operating point.** The image threshold maximises image F1 on these scores with the two classes weighed
+   equally (``operating_point="f1"``; the calibration set's class ratio is an artefact of
+   ``anomalies_per_image``, not the line's defect rate), or is the lowest that rejects at most
+   ``false_rejection_rate`` of the held-out normal images (``"false_rejection_rate"``, how inspection lines are
+   usually specified; with n held-out images the achievable rates are multiples of 1/n). The pixel threshold
+   maximises pixel F1 on the pseudo-anomalies' masks in both cases.
 
 The thresholds and the score ranges of the calibration set are written into the model's ``PostProcessor``, where
 anomalib keeps its own: they travel in checkpoints and exports (torch, ONNX, OpenVINO), and ``pred_label`` /
 ``pred_mask`` of test and predict use them. Calibration runs when the fit ends; the checkpoints that fit wrote
 are saved again so that they hold the calibrated thresholds. A later validation with this callback attached
-keeps them. What was used (held-out images, pseudo-anomaly counts, thresholds, rates on the calibration set) is
-logged and saved with the callback's state in checkpoints (:class:`CalibrationReport`).
+keeps them. What was used (held-out images, pseudo-anomaly counts and scores, thresholds, rates on the
+calibration set) is logged and saved with the callback's state in checkpoints (:class:`CalibrationReport`).
 """
 
 from __future__ import annotations
@@ -76,7 +84,13 @@ class PseudoAnomalies(str, Enum):
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationReport:
-    """What a calibration used and found; thresholds in the model's raw score units."""
+    """What a calibration used and found; thresholds and scores in the model's raw score units.
+
+    ``normal_images`` are the held-out training images (each scored by a fold model that did not fit on it);
+    ``pseudo_anomalies`` counts the synthesised images that were scored (``failed_pseudo_anomalies`` changed no
+    pixel and were dropped); ``false_rejection_rate``, ``miss_rate`` and ``image_f1`` (unweighted) are those of
+    ``image_threshold`` on this calibration set; ``anomaly_kinds`` names the generator of each anomaly score.
+    """
 
     operating_point: str
     preset: str

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from anomalib.data import InferenceBatch
 from anomalib.metrics import AUROC
 from anomalib.metrics.auroc import _AUROC
 from anomalib.metrics.base import AnomalibMetric
+from anomalib.post_processing import PostProcessor
 from timm.models import PretrainedCfg, _registry
 from torchmetrics.classification import BinaryROC
 
-from pcsnet_anomalib._upstream import RawScoreROC, register_pretrained_tag
+from pcsnet_anomalib._upstream import RawScoreROC, register_pretrained_tag, set_post_processor_thresholds
 
 ARCH, BASE_TAG, TAG = "test_resnet", "r160_in1k", "pcsnet_upstream_test"  # timm's tiny test network
 NAME = f"{ARCH}.{TAG}"
@@ -118,3 +120,28 @@ def test_unknown_architecture_is_refused() -> None:
     cfg = PretrainedCfg(file="unused.pth", tag=TAG)
     with pytest.raises(ValueError, match="not a timm architecture"):
         register_pretrained_tag("no_such_architecture", TAG, cfg)
+
+
+# --- anomalib.post_processing.PostProcessor's threshold buffers, written by set_post_processor_thresholds ---
+
+
+def test_post_processor_keeps_its_thresholds_and_ranges_in_these_buffers() -> None:
+    buffers = dict(PostProcessor().named_buffers(recurse=False))
+    assert {"_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"} <= set(buffers)
+
+
+def test_written_thresholds_label_raw_scores_above_them_and_travel_in_the_state_dict() -> None:
+    post_processor = PostProcessor()
+    set_post_processor_thresholds(
+        post_processor, image_threshold=2.0, pixel_threshold=1.5, image_range=(1.0, 4.0), pixel_range=(0.0, 3.0)
+    )
+    scores = torch.tensor([1.0, 1.99, 2.01, 3.5])
+    maps = torch.tensor([1.4, 1.6, 0.1, 2.9]).reshape(4, 1, 1, 1)
+    output = post_processor(InferenceBatch(pred_score=scores, anomaly_map=maps))
+    assert output.pred_label.tolist() == [False, False, True, True]
+    assert output.pred_mask.flatten().tolist() == [False, True, False, True]
+    assert float(output.pred_score[1]) < 0.5 < float(output.pred_score[2])  # the threshold normalises to 0.5
+    restored = PostProcessor()
+    restored.load_state_dict(post_processor.state_dict())
+    assert float(restored.image_threshold) == 2.0
+    assert float(restored.pixel_threshold) == 1.5
