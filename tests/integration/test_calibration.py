@@ -171,3 +171,16 @@ def test_one_training_image_is_refused_before_training(mvtec_root: Path, tmp_pat
     with pytest.raises(ValueError, match=r"at least 2 normal images \(k_shot >= 2\)"):
         engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=1))
     assert not bool(model._is_fitted)  # anomalib's memory-bank flag: nothing was trained
+
+
+def test_the_same_seeds_calibrate_to_the_same_thresholds(mvtec_root: Path, tmp_path: Path) -> None:
+    reports = []
+    for run in range(2):
+        seed_everything(0)  # anomalib's Patchcore samples its coreset from torch's global generator
+        calibration = ThresholdCalibration(pseudo_anomalies="both", folds=2, anomalies_per_image=2, seed=3)
+        engine = Engine(
+            default_root_dir=tmp_path / str(run), accelerator="cpu", devices=1, logger=False, callbacks=[calibration]
+        )
+        engine.fit(_patchcore(), datamodule=_datamodule(mvtec_root, k_shot=4))
+        reports.append(calibration.report)
+    assert reports[0] == reports[1]
