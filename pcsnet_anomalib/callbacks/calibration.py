@@ -42,7 +42,7 @@ import dataclasses
 import logging
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -212,6 +212,19 @@ def raw_predictions(
     return torch.cat(scores).float(), torch.cat(maps), torch.cat(resized_masks) if masks is not None else None
 
 
+_Choice = TypeVar("_Choice", OperatingPoint, PseudoAnomalies)
+
+
+def _choice(options: type[_Choice], value: _Choice | str, name: str) -> _Choice:
+    """``value`` as a member of ``options``; a ValueError listing the valid names otherwise."""
+    try:
+        return options(value)
+    except ValueError:
+        choices = ", ".join(repr(option.value) for option in options)
+        msg = f"{name} must be one of {choices}, got {value!r}."
+        raise ValueError(msg) from None
+
+
 class ThresholdCalibration(Callback):
     """Set a model's image and pixel thresholds from its pseudo-anomalies, without any real anomalous image.
 
@@ -241,12 +254,7 @@ class ThresholdCalibration(Callback):
         preset: str | None = None,
         seed: int = 0,
     ) -> None:
-        try:
-            self.operating_point = OperatingPoint(operating_point)
-        except ValueError:
-            choices = ", ".join(repr(point.value) for point in OperatingPoint)
-            msg = f"operating_point must be one of {choices}, got {operating_point!r}."
-            raise ValueError(msg) from None
+        self.operating_point = _choice(OperatingPoint, operating_point, "operating_point")
         if not 0.0 <= false_rejection_rate < 1.0:
             msg = f"false_rejection_rate must be in [0, 1), got {false_rejection_rate}."
             raise ValueError(msg)
@@ -256,12 +264,7 @@ class ThresholdCalibration(Callback):
         if anomalies_per_image < 1:
             msg = f"anomalies_per_image must be at least 1, got {anomalies_per_image}."
             raise ValueError(msg)
-        try:
-            self.pseudo_anomalies = PseudoAnomalies(pseudo_anomalies)
-        except ValueError:
-            choices = ", ".join(repr(kind.value) for kind in PseudoAnomalies)
-            msg = f"pseudo_anomalies must be one of {choices}, got {pseudo_anomalies!r}."
-            raise ValueError(msg) from None
+        self.pseudo_anomalies = _choice(PseudoAnomalies, pseudo_anomalies, "pseudo_anomalies")
         self.false_rejection_rate = false_rejection_rate
         self.folds = folds
         self.anomalies_per_image = anomalies_per_image
