@@ -90,6 +90,7 @@ class CalibrationReport:
     ``pseudo_anomalies`` counts the synthesised images that were scored (``failed_pseudo_anomalies`` changed no
     pixel and were dropped); ``false_rejection_rate``, ``miss_rate`` and ``image_f1`` (unweighted) are those of
     ``image_threshold`` on this calibration set; ``anomaly_kinds`` names the generator of each anomaly score.
+    The scores are the fold models' plus the ``*_shifts`` that ``anchor`` added (zero without it).
     """
 
     operating_point: str
@@ -106,6 +107,8 @@ class CalibrationReport:
     normal_scores: list[float]
     anomaly_scores: list[float]
     anomaly_kinds: list[str]
+    normal_shifts: list[float]
+    anomaly_shifts: list[float]
 
 
 def _check_scores(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +193,9 @@ def raw_predictions(
 
     ``images`` (N, C, H, W) in [0, 1] as the dataset gives them; ``masks`` (N, H, W) go through the same geometric
     transforms as the images (the model's pre-processor: resize, crop), as in anomalib's test loop. The model runs in
-    evaluation mode and is left in it.
+    evaluation mode and returns to its former mode.
     """
+    was_training = module.training
     module.eval()
     transform = module.pre_processor.transform if module.pre_processor is not None else None
     scores, maps, resized_masks = [], [], []
@@ -209,6 +213,7 @@ def raw_predictions(
             batch_masks = torch.as_tensor(batch_masks).float().reshape(batch.shape[0], 1, *batch_masks.shape[-2:])
             resized = F.interpolate(batch_masks, size=anomaly_map.shape[-2:], mode="nearest")[:, 0]
             resized_masks.append(resized.cpu() > 0.5)
+    module.train(was_training)
     return torch.cat(scores).float(), torch.cat(maps), torch.cat(resized_masks) if masks is not None else None
 
 
@@ -225,6 +230,11 @@ def _choice(options: type[_Choice], value: _Choice | str, name: str) -> _Choice:
         raise ValueError(msg) from None
 
 
+def _images(dataset: Any) -> torch.Tensor:
+    """Every image of an anomalib dataset, stacked (N, C, H, W) as the dataset gives them."""
+    return torch.stack([dataset[index].image for index in range(len(dataset))]).float()
+
+
 class ThresholdCalibration(Callback):
     """Set a model's image and pixel thresholds from its pseudo-anomalies, without any real anomalous image.
 
@@ -233,7 +243,13 @@ class ThresholdCalibration(Callback):
             (reject at most ``false_rejection_rate`` of the held-out normal images).
         false_rejection_rate: the target rate of the ``"false_rejection_rate"`` operating point.
         folds: cross-fitting folds over the training images (leave-one-out when there are fewer images).
-        anomalies_per_image: pseudo-anomalies synthesised from each held-out image.
+        anomalies_per_image: pseudo-anomalies synthesised from each held-out image (per generator).
+        pseudo_anomalies: ``"perlin"`` (anomalib's ``PerlinAnomalyGenerator``), ``"patch_exchange"`` (PCSNet's, with
+            ``preset``) or ``"both"``.
+        anchor: express each fold model's scores relative to the median score of its own training images, on the
+            final model's median training score (image and pixel level alike), so that a model whose score level
+            shifts from one training run to another keeps the threshold's place between its normal and anomalous
+            scores.
         preset: patch-exchange preset name; ``None`` takes the datamodule's (``"<dataset>/<category>"``) or
             ``"default"``.
         seed: seeds the fold assignment and the pseudo-anomalies.
@@ -251,6 +267,7 @@ class ThresholdCalibration(Callback):
         folds: int = 4,
         anomalies_per_image: int = 4,
         pseudo_anomalies: PseudoAnomalies | str = PseudoAnomalies.PERLIN,
+        anchor: bool = True,
         preset: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -268,6 +285,7 @@ class ThresholdCalibration(Callback):
         self.false_rejection_rate = false_rejection_rate
         self.folds = folds
         self.anomalies_per_image = anomalies_per_image
+        self.anchor = anchor
         self.preset = preset
         self.seed = seed
         self.report: CalibrationReport | None = None
@@ -327,15 +345,16 @@ class ThresholdCalibration(Callback):
         # mean less training and scores on another scale); memory-bank models, without an optimiser, one pass as it.
         length = {"max_steps": trainer.global_step, "max_epochs": -1} if trainer.optimizers else {"max_epochs": 1}
         image_scores, image_labels, pixel_scores, pixel_labels = [], [], [], []
+        image_offsets, pixel_offsets = [], []
         held_out: list[str] = []
         anomaly_kinds: list[str] = []
         failed = 0
         folds = self._fold_assignment(self._training_paths(trainer))
         for fold_index, fold_paths in enumerate(folds):
             fit_paths = sorted(set(train_data.samples.image_path) - set(fold_paths))
-            fold_model = self._fit_fold(trainer, datamodule, restrict_to(train_data, fit_paths), length)
-            held = restrict_to(train_data, fold_paths)
-            images = torch.stack([held[index].image for index in range(len(held))]).float()
+            fit_data = restrict_to(train_data, fit_paths)
+            fold_model = self._fit_fold(trainer, datamodule, fit_data, length)
+            images = _images(restrict_to(train_data, fold_paths))
             anomalous, masks, kinds = self._synthesize(images, synthesizer, fold_index)
             changed = masks.flatten(1).any(dim=1)
             failed += int((~changed).sum())
@@ -344,6 +363,9 @@ class ThresholdCalibration(Callback):
             kinds = [kind for kind, kept in zip(kinds, changed.tolist(), strict=True) if kept]
             scores, maps, map_masks = raw_predictions(fold_model, all_images, all_masks.float())
             assert map_masks is not None
+            fit_scores, fit_maps, _ = raw_predictions(fold_model, _images(fit_data))
+            image_offsets.append(torch.full_like(scores, float(fit_scores.median())))
+            pixel_offsets.append(torch.full_like(maps.flatten(), float(fit_maps.median())))
             image_scores.append(scores)
             image_labels.append(torch.arange(scores.numel()) >= images.shape[0])
             anomaly_kinds.extend(kinds)
@@ -352,12 +374,16 @@ class ThresholdCalibration(Callback):
             held_out.extend(fold_paths)
             logger.info("Threshold calibration: fold %d held out %s.", fold_index, ", ".join(fold_paths))
             del fold_model
+        final_scores, final_maps, _ = raw_predictions(pl_module, _images(train_data))
+        final_image_offset, final_pixel_offset = float(final_scores.median()), float(final_maps.median())
         self._set_thresholds(
             pl_module,
             torch.cat(image_scores),
             torch.cat(image_labels),
             torch.cat(pixel_scores),
             torch.cat(pixel_labels),
+            image_shift=final_image_offset - torch.cat(image_offsets),
+            pixel_shift=final_pixel_offset - torch.cat(pixel_offsets),
             held_out=held_out,
             anomaly_kinds=anomaly_kinds,
             folds=len(folds),
@@ -421,12 +447,17 @@ class ThresholdCalibration(Callback):
         image_labels: torch.Tensor,
         pixel_scores: torch.Tensor,
         pixel_labels: torch.Tensor,
+        image_shift: torch.Tensor,
+        pixel_shift: torch.Tensor,
         held_out: list[str],
         anomaly_kinds: list[str],
         folds: int,
         preset: str,
         failed: int,
     ) -> None:
+        if not self.anchor:
+            image_shift, pixel_shift = torch.zeros_like(image_shift), torch.zeros_like(pixel_shift)
+        image_scores, pixel_scores = image_scores + image_shift, pixel_scores + pixel_shift
         if not bool(image_labels.any()):
             msg = (
                 f"Preset {preset!r} placed no pseudo-anomaly on the held-out images: choose a preset that fits the "
@@ -456,6 +487,8 @@ class ThresholdCalibration(Callback):
             normal_scores=normal_scores.tolist(),
             anomaly_scores=image_scores[image_labels].tolist(),
             anomaly_kinds=anomaly_kinds,
+            normal_shifts=image_shift[~image_labels].tolist(),
+            anomaly_shifts=image_shift[image_labels].tolist(),
         )
         self._ranges = {
             "image_min": float(image_scores.min()),
