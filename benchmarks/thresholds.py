@@ -5,14 +5,11 @@ For each model x category x k x seed, the model is fitted on k normal images (``
 halves are recorded. Image thresholds compared, each judged on the test half (real defects, never used to set a
 threshold here except by the reference):
 
-* ``calibrated (F1, <generator>)``: the callback's threshold (held-out training images + pseudo-anomalies,
-  balanced F1) with ``pseudo_anomalies`` = ``"perlin"`` (the default), ``"patch_exchange"`` or ``"both"``. The
-  callback runs once with ``"both"`` and the three thresholds are computed from its report's scores with the
-  callback's own function (``f1_optimal_threshold(..., balanced=True)``): the generators draw from separate seeded
-  streams, so each subset holds the images the callback scores with that setting alone (scores equal up to the
-  float rounding of batched inference);
+* ``calibrated (F1)``: the callback's threshold at its defaults (held-out training images + Perlin
+  pseudo-anomalies, balanced F1, anchored for Pcsnet, not for Patchcore); ``calibrated (F1, anchored / not
+  anchored / patch exchange / both)``: the same with one setting changed (``anchor``, ``pseudo_anomalies``),
+  recomputed from the same run's report (``job_thresholds``);
 * ``calibrated (FRR 1%)``: the ``false_rejection_rate=0.01`` operating point on the same held-out images;
-* ``..., no anchor``: the same with ``anchor=False`` (the fold models' scores as they are), from the same run;
 * ``(a) anomalib, real anomalies``: anomalib's ``F1AdaptiveThreshold`` on the validation half (normal and real
   anomalous images): the reference a user with no defect images cannot have;
 * ``(b) anomalib, no anomalies``: the same metric on the validation half's normal images only, i.e. anomalib's
@@ -60,14 +57,13 @@ from pcsnet_anomalib.callbacks.calibration import (
 )
 
 BACKBONE = "tf_efficientnet_lite0.package_in1k"
-KINDS = {"perlin": "Perlin", "patch_exchange": "patch exchange", "both": "both"}
 METHODS = (
-    "calibrated (F1, Perlin)",
-    "calibrated (F1, Perlin, no anchor)",
+    "calibrated (F1)",
+    "calibrated (F1, anchored)",
+    "calibrated (F1, not anchored)",
     "calibrated (F1, patch exchange)",
     "calibrated (F1, both)",
     "calibrated (FRR 1%)",
-    "calibrated (FRR 1%, no anchor)",
     "(a) anomalib, real anomalies",
     "(b) anomalib, no anomalies",
     "(c) anomalib, synthetic",
@@ -126,8 +122,7 @@ def run_job(model_name: str, category: str, k: int, seed: int, fast: bool, folds
         synthetic_scores, synthetic_labels = dataset_scores(model, synthetic)
         del synthetic, synthetic_root
     normal_val = [score for score, label in zip(val_scores, val_labels, strict=True) if label == 0]
-    thresholds = {f"calibrated (F1, {title})": calibrated_threshold(report, kind) for kind, title in KINDS.items()} | {
-        "calibrated (FRR 1%)": false_rejection_threshold(torch.tensor(report.normal_scores), 0.01),
+    thresholds = {
         "(a) anomalib, real anomalies": anomalib_threshold(val_scores, val_labels),
         "(b) anomalib, no anomalies": anomalib_threshold(normal_val, [0] * len(normal_val)),
         "(c) anomalib, synthetic": anomalib_threshold(synthetic_scores, synthetic_labels),
@@ -148,22 +143,52 @@ def run_job(model_name: str, category: str, k: int, seed: int, fast: bool, folds
     }
 
 
-def calibrated_threshold(report: CalibrationReport, kind: str, anchored: bool = True) -> float:
-    """The callback's balanced-F1 image threshold had it synthesised ``kind`` pseudo-anomalies only (or no anchor)."""
-    normal = [
-        score - (0 if anchored else shift)
-        for score, shift in zip(report.normal_scores, report.normal_shifts, strict=True)
-    ]
+def calibration_scores(report: CalibrationReport, kinds: set[str], anchored: bool) -> tuple[list[float], list[float]]:
+    """Normal and pseudo-anomaly scores of a report as the callback sees them with ``kinds`` and ``anchored``."""
+
+    def score(used: float, shift: float) -> float:
+        raw = used - shift if report.anchored else used
+        return raw + shift if anchored else raw
+
+    normal = [score(*pair) for pair in zip(report.normal_scores, report.normal_shifts, strict=True)]
     anomalies = [
-        score - (0 if anchored else shift)
-        for score, shift, generator in zip(
-            report.anomaly_scores, report.anomaly_shifts, report.anomaly_kinds, strict=True
-        )
-        if kind in {"both", generator}
+        score(used, shift)
+        for used, shift, kind in zip(report.anomaly_scores, report.anomaly_shifts, report.anomaly_kinds, strict=True)
+        if kind in kinds
     ]
+    return normal, anomalies
+
+
+def balanced_f1_threshold(normal: list[float], anomalies: list[float]) -> float:
+    """The callback's F1 operating point on these scores."""
     scores = torch.tensor(normal + anomalies)
-    labels = torch.arange(len(scores)) >= len(normal)
-    return f1_optimal_threshold(scores, labels, balanced=True)
+    return f1_optimal_threshold(scores, torch.arange(len(scores)) >= len(normal), balanced=True)
+
+
+def job_thresholds(job: dict[str, Any]) -> dict[str, float]:
+    """Every threshold of a job: the calibrated ones from its stored report, anomalib's as the job computed them.
+
+    Settings other than the run's (generators, anchoring) are recomputed from the report's scores with the
+    callback's own functions: the generators draw from separate seeded streams, so each subset holds the images the
+    callback scores with that setting alone (equal up to the float rounding of batched inference), and the report
+    records the anchoring shifts whether applied or not.
+    """
+    report_fields = dict(job["report"])
+    report_fields.setdefault("anchored", True)  # jobs written at 78460ab, before `anchored` was recorded: always on
+    report = CalibrationReport(**report_fields)
+    default = report.anchored
+    perlin, patch_exchange = {"perlin"}, {"patch_exchange"}
+    normal, _ = calibration_scores(report, perlin, default)
+    calibrated = {
+        "calibrated (F1)": balanced_f1_threshold(*calibration_scores(report, perlin, default)),
+        "calibrated (F1, anchored)": balanced_f1_threshold(*calibration_scores(report, perlin, True)),
+        "calibrated (F1, not anchored)": balanced_f1_threshold(*calibration_scores(report, perlin, False)),
+        "calibrated (F1, patch exchange)": balanced_f1_threshold(*calibration_scores(report, patch_exchange, default)),
+        "calibrated (F1, both)": balanced_f1_threshold(*calibration_scores(report, perlin | patch_exchange, default)),
+        "calibrated (FRR 1%)": false_rejection_threshold(torch.tensor(normal), 0.01),
+    }
+    anomalib = {method: value for method, value in job["thresholds"].items() if method.startswith("(")}
+    return calibrated | anomalib
 
 
 def rates(threshold: float, scores: list[float], labels: list[int]) -> tuple[float, float, float]:
@@ -189,7 +214,7 @@ def summarise(jobs: list[dict[str, Any]], split: str = "test") -> str:
                     chosen = [j for j in jobs if (j["model"], j["k"], j["seed"]) == (model, k, seed)]
                     if chosen:
                         values = [
-                            rates(j["thresholds"][method], j[f"{split}_scores"], j[f"{split}_labels"]) for j in chosen
+                            rates(job_thresholds(j)[method], j[f"{split}_scores"], j[f"{split}_labels"]) for j in chosen
                         ]
                         per_seed.append(np.mean(values, axis=0) * 100)
                 mean, std = np.mean(per_seed, axis=0), np.std(per_seed, axis=0, ddof=1) if len(per_seed) > 1 else 0
