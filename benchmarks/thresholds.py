@@ -45,6 +45,7 @@ from anomalib.data.utils.synthetic import SyntheticAnomalyDataset  # what ValSpl
 from anomalib.engine import Engine
 from anomalib.metrics import F1AdaptiveThreshold
 from anomalib.models import Patchcore
+from anomalib.models.components import MemoryBankMixin
 from lightning.pytorch import seed_everything
 
 from pcsnet_anomalib import KShotPcsnetDemo, Pcsnet, ThresholdCalibration
@@ -57,6 +58,7 @@ from pcsnet_anomalib.callbacks.calibration import (
 )
 
 BACKBONE = "tf_efficientnet_lite0.package_in1k"
+MODEL_CLASSES = {"Patchcore": Patchcore, "Pcsnet": Pcsnet}
 METHODS = (
     "calibrated (F1)",
     "calibrated (F1, anchored)",
@@ -176,7 +178,7 @@ def job_thresholds(job: dict[str, Any]) -> dict[str, float]:
     report_fields = dict(job["report"])
     report_fields.setdefault("anchored", True)  # jobs written at 78460ab, before `anchored` was recorded: always on
     report = CalibrationReport(**report_fields)
-    default = report.anchored
+    default = not issubclass(MODEL_CLASSES[job["model"]], MemoryBankMixin)  # the callback's anchor=None rule
     perlin, patch_exchange = {"perlin"}, {"patch_exchange"}
     normal, _ = calibration_scores(report, perlin, default)
     calibrated = {

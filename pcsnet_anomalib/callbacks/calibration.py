@@ -14,8 +14,8 @@ validation score, and a k-shot user has no spare normal images for validation at
    anomalib model and costs ``folds`` extra fits. The price: each fold model saw fewer images than the final
    model (at k = 2 a fold model has one image), and a model trained by gradient steps lands at a different score
    level in every training run (Pcsnet's held-out normal images scored 0.10-0.22 under fold models, its unseen
-   ones 0.20-0.29 under the final model, on the demo's brick at k = 8). ``anchor`` (on for models with an
-   optimiser) therefore measures each fold model's scores from the median score of its own training images and
+   ones 0.20-0.29 under the final model, on the demo's brick at k = 8). ``anchor`` (on except for anomalib's
+   memory-bank models) therefore measures each fold model's scores from the median score of its own training images and
    places them on the final model's median training score.
 2. **Pseudo-anomalies.** ``anomalies_per_image`` pseudo-anomalous copies of each held-out image per generator,
    scored by the same fold model, with exact masks: anomalib's ``PerlinAnomalyGenerator`` (``"perlin"``, the
@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils.generators import PerlinAnomalyGenerator
+from anomalib.models.components import MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchvision import tv_tensors
@@ -254,9 +255,9 @@ class ThresholdCalibration(Callback):
         anchor: express each fold model's scores relative to the median score of its own training images, on the
             final model's median training score (image and pixel level alike), so that a model whose score level
             moves from one training run to another (Pcsnet's) keeps the threshold's place between its normal and
-            anomalous scores. ``None``: anchor models trained by an optimiser, not memory-bank models (whose
-            scores are distances in fixed features; anchoring on their near-zero training scores hurt Patchcore on
-            the demo's validation half).
+            anomalous scores. ``None``: anchor models trained by gradient steps, not anomalib's memory-bank models
+            (``MemoryBankMixin``: their scores are distances in fixed features; anchoring on their near-zero
+            training scores hurt Patchcore on the demo's validation half).
         preset: patch-exchange preset name; ``None`` takes the datamodule's (``"<dataset>/<category>"``) or
             ``"default"``.
         seed: seeds the fold assignment and the pseudo-anomalies.
@@ -349,8 +350,10 @@ class ThresholdCalibration(Callback):
         preset = self.preset or preset_for_datamodule(datamodule) or DEFAULT_PRESET
         synthesizer = PatchExchange(preset, seed=self.seed)
         # Models that learn by gradient steps get as many steps as the main fit (fewer images per epoch otherwise
-        # mean less training and scores on another scale); memory-bank models, without an optimiser, one pass as it.
-        length = {"max_steps": trainer.global_step, "max_epochs": -1} if trainer.optimizers else {"max_epochs": 1}
+        # mean less training and scores on another scale); anomalib's memory-bank models one pass, as in their fit.
+        # (Lightning lists a placeholder optimiser for models without one, so `trainer.optimizers` cannot tell.)
+        memory_bank = isinstance(pl_module, MemoryBankMixin)
+        length = {"max_epochs": 1} if memory_bank else {"max_steps": trainer.global_step, "max_epochs": -1}
         image_scores, image_labels, pixel_scores, pixel_labels = [], [], [], []
         image_offsets, pixel_offsets = [], []
         held_out: list[str] = []
@@ -391,7 +394,7 @@ class ThresholdCalibration(Callback):
             torch.cat(pixel_labels),
             image_shift=final_image_offset - torch.cat(image_offsets),
             pixel_shift=final_pixel_offset - torch.cat(pixel_offsets),
-            anchored=self.anchor if self.anchor is not None else bool(trainer.optimizers),
+            anchored=self.anchor if self.anchor is not None else not memory_bank,
             held_out=held_out,
             anomaly_kinds=anomaly_kinds,
             folds=len(folds),

@@ -81,6 +81,7 @@ def test_every_training_image_is_held_out_once_and_the_report_says_what_was_used
     assert len(report.normal_scores) == 4
     assert len(report.anomaly_scores) == report.pseudo_anomalies
     assert report.operating_point == "f1"
+    assert report.anchored  # a model trained by gradient steps: anchored by default
 
 
 def test_the_thresholds_are_the_post_processors_and_label_test_images(calibrated: Calibrated) -> None:
@@ -160,6 +161,7 @@ def test_a_target_false_rejection_rate_on_anomalibs_patchcore(mvtec_root: Path, 
     assert len(normal) == 8
     assert int((normal > report.image_threshold).sum()) == 1  # one rejection allowed, and the lowest such threshold
     assert report.false_rejection_rate == pytest.approx(0.125)
+    assert not report.anchored  # anomalib's memory-bank models are not anchored by default
     assert float(model.post_processor.image_threshold) == pytest.approx(report.image_threshold)
 
 
