@@ -220,7 +220,10 @@ def summarise(jobs: list[dict[str, Any]], split: str = "test") -> str:
                         ]
                         per_seed.append(np.mean(values, axis=0) * 100)
                 mean, std = np.mean(per_seed, axis=0), np.std(per_seed, axis=0, ddof=1) if len(per_seed) > 1 else 0
-                cells = " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, np.broadcast_to(std, 3), strict=True))
+                cells = " | ".join(
+                    f"{m:.1f} ± {s:.1f}" if len(per_seed) > 1 else f"{m:.1f} (1 seed)"
+                    for m, s in zip(mean, np.broadcast_to(std, 3), strict=True)
+                )
                 lines.append(f"| {model} | {k} | {method} | {cells} |")
     return "\n".join(lines)
 
