@@ -170,6 +170,12 @@ def f1_optimal_threshold(scores: torch.Tensor, labels: torch.Tensor, balanced: b
     return _cut_below(lowest_called, float(sorted_scores[best + 1]))
 
 
+def _check_rate(rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        msg = f"false_rejection_rate must be in [0, 1), got {rate}."
+        raise ValueError(msg)
+
+
 def false_rejection_threshold(normal_scores: torch.Tensor, rate: float) -> float:
     """Lowest threshold t such that at most ``rate`` of ``normal_scores`` satisfy ``score > t``.
 
@@ -178,9 +184,7 @@ def false_rejection_threshold(normal_scores: torch.Tensor, rate: float) -> float
     Raises:
         ValueError: ``rate`` outside [0, 1), no scores, or a score is not finite.
     """
-    if not 0.0 <= rate < 1.0:
-        msg = f"false_rejection_rate must be in [0, 1), got {rate}."
-        raise ValueError(msg)
+    _check_rate(rate)
     scores, _ = _check_scores(normal_scores, torch.zeros_like(normal_scores))
     if scores.numel() == 0:
         msg = "No normal scores to set a false-rejection rate on."
@@ -241,6 +245,12 @@ def _images(dataset: Any) -> torch.Tensor:
     return torch.stack([dataset[index].image for index in range(len(dataset))]).float()
 
 
+def _rows(paths: list[str], chosen: list[str]) -> list[int]:
+    """Positions in ``paths`` of the ``chosen`` paths, in the order of ``paths`` (as ``restrict_to`` keeps them)."""
+    wanted = set(chosen)
+    return [row for row, path in enumerate(paths) if path in wanted]
+
+
 class ThresholdCalibration(Callback):
     """Set a model's image and pixel thresholds from its pseudo-anomalies, without any real anomalous image.
 
@@ -280,9 +290,7 @@ class ThresholdCalibration(Callback):
         seed: int = 0,
     ) -> None:
         self.operating_point = _choice(OperatingPoint, operating_point, "operating_point")
-        if not 0.0 <= false_rejection_rate < 1.0:
-            msg = f"false_rejection_rate must be in [0, 1), got {false_rejection_rate}."
-            raise ValueError(msg)
+        _check_rate(false_rejection_rate)
         if folds < 2:
             msg = f"folds must be at least 2 (one fold is held out, the others fit), got {folds}."
             raise ValueError(msg)
@@ -360,11 +368,12 @@ class ThresholdCalibration(Callback):
         anomaly_kinds: list[str] = []
         failed = 0
         folds = self._fold_assignment(self._training_paths(trainer))
+        dataset_paths = train_data.samples.image_path.tolist()
+        training_images = _images(train_data)  # read once; every fold takes its rows
         for fold_index, fold_paths in enumerate(folds):
-            fit_paths = sorted(set(train_data.samples.image_path) - set(fold_paths))
-            fit_data = restrict_to(train_data, fit_paths)
-            fold_model = self._fit_fold(trainer, datamodule, fit_data, length)
-            images = _images(restrict_to(train_data, fold_paths))
+            fit_paths = sorted(set(dataset_paths) - set(fold_paths))
+            fold_model = self._fit_fold(trainer, datamodule, restrict_to(train_data, fit_paths), length)
+            images = training_images[_rows(dataset_paths, fold_paths)]
             anomalous, masks, kinds = self._synthesize(images, synthesizer, fold_index)
             changed = masks.flatten(1).any(dim=1)
             failed += int((~changed).sum())
@@ -373,7 +382,7 @@ class ThresholdCalibration(Callback):
             kinds = [kind for kind, kept in zip(kinds, changed.tolist(), strict=True) if kept]
             scores, maps, map_masks = raw_predictions(fold_model, all_images, all_masks.float())
             assert map_masks is not None
-            fit_scores, fit_maps, _ = raw_predictions(fold_model, _images(fit_data))
+            fit_scores, fit_maps, _ = raw_predictions(fold_model, training_images[_rows(dataset_paths, fit_paths)])
             image_offsets.append(torch.full_like(scores, float(fit_scores.median())))
             pixel_offsets.append(torch.full_like(maps.flatten(), float(fit_maps.median())))
             image_scores.append(scores)
@@ -384,7 +393,7 @@ class ThresholdCalibration(Callback):
             held_out.extend(fold_paths)
             logger.info("Threshold calibration: fold %d held out %s.", fold_index, ", ".join(fold_paths))
             del fold_model
-        final_scores, final_maps, _ = raw_predictions(pl_module, _images(train_data))
+        final_scores, final_maps, _ = raw_predictions(pl_module, training_images)
         final_image_offset, final_pixel_offset = float(final_scores.median()), float(final_maps.median())
         self._set_thresholds(
             pl_module,
