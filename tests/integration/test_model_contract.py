@@ -17,6 +17,7 @@ the ordinary ``pretrained=True`` path (checked tensor by tensor; without the cac
 import importlib
 import inspect
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +195,12 @@ def fitted(
     offline_hub: OfflineHub,
     dataset_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Fitted:
-    """``engine.fit`` once per registered model; every later step reads the checkpoint it wrote."""
+) -> Iterator[Fitted]:
+    """``engine.fit`` once per registered model; every later step reads the checkpoint it wrote.
+
+    The project folder (default backbones: several checkpoints and exports of ~100 MB) is deleted when the
+    model's tests are done, so that the suite's disk use does not grow with the number of models.
+    """
     model_name = convert_to_snake_case(request.param)
     project = tmp_path_factory.mktemp(f"project_{model_name}")
     model, datamodule, engine = _objects(model_name, dataset_root, project)
@@ -203,7 +208,7 @@ def fitted(
     # Where anomalib's test reads it: Engine.fit creates <root>/<model>/<dataset>/<category>/v0 (a new
     # version per fit; `latest` links to it) and its ModelCheckpoint writes weights/lightning/model.ckpt there.
     checkpoint = project / model.name / datamodule.name / CATEGORY / "v0" / "weights" / "lightning" / "model.ckpt"
-    return Fitted(
+    yield Fitted(
         registered_name=request.param,
         model_name=model_name,
         dataset_root=dataset_root,
@@ -215,6 +220,7 @@ def fitted(
         num_training_batches=engine.trainer.num_training_batches,
         n_train=len(datamodule.train_data),
     )
+    shutil.rmtree(project, ignore_errors=True)
 
 
 def _fresh(fitted: Fitted) -> tuple[AnomalibModule, MVTecAD, Engine]:

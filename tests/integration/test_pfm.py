@@ -7,6 +7,7 @@ range that amplifies float32 rounding in the normalised export outputs to near 1
 tests read it.
 """
 
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -87,7 +88,10 @@ class Trained:
 
 
 @pytest.fixture(scope="module", params=sorted(MODEL_CLASSES))
-def trained(request: pytest.FixtureRequest, mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained(
+    request: pytest.FixtureRequest, mvtec_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Trained]:
+    """One short fit per model, shared by the export and checkpoint tests; its folder is deleted afterwards."""
     name = request.param
     root = tmp_path_factory.mktemp(f"export_{name}")
     datamodule = _datamodule(mvtec_root)
@@ -95,7 +99,8 @@ def trained(request: pytest.FixtureRequest, mvtec_root: Path, tmp_path_factory: 
     engine = _engine(root / "results", max_epochs=2)
     engine.fit(model, datamodule=datamodule)
     model.eval()
-    return Trained(name, model, engine, Path(engine.best_model_path), datamodule, root)
+    yield Trained(name, model, engine, Path(engine.best_model_path), datamodule, root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _inputs(trained: Trained) -> Iterator[torch.Tensor]:
