@@ -1,5 +1,6 @@
 """Offline demo dataset: MVTec AD layout, exact masks, determinism, safe caching and the datamodule."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image
 
 from pcsnet_anomalib.data import DEFECT_TYPES, DEMO_CATEGORIES, PcsnetDemo, demo_dataset_root, generate_demo_dataset
 from pcsnet_anomalib.data import demo as demo_module
+from pcsnet_anomalib.data.demo import demo_categories
+from pcsnet_anomalib.data.drawing import image_rng
 
 SMALL = {"image_size": 96, "n_train": 3, "n_test_good": 2, "n_test_defect_per_type": 2}
 
@@ -41,8 +44,8 @@ def test_mvtecad_loads_layout(cached_root: Path, category: str) -> None:
 
 def test_masks_are_exactly_the_changed_pixels(cached_root: Path) -> None:
     """Rebuild each defect image's normal crop and compare: the mask is 255 exactly where pixels differ."""
+    registry = demo_categories(1)
     for category in DEMO_CATEGORIES:
-        photo = demo_module._photo(category)
         for defect in DEFECT_TYPES:
             for index in range(6):
                 image = np.asarray(Image.open(cached_root / category / "test" / defect / f"{index:03d}.png"))
@@ -52,9 +55,21 @@ def test_masks_are_exactly_the_changed_pixels(cached_root: Path) -> None:
                 assert image.shape == (256, 256, 3)
                 assert mask.dtype == np.uint8
                 assert set(np.unique(mask)) == {0, 255}
-                rng = demo_module._rng(0, category, defect, index)
-                base = demo_module._normal_crop(rng, photo, 256)
+                base = registry[category].normal(image_rng(0, category, defect, index), size=256)
                 np.testing.assert_array_equal((image != base).any(axis=2), mask == 255)
+
+
+# Pixels of the default version-1 dataset (paths and decoded arrays, so independent of the PNG encoder), as the
+# generator of release 0.4.0 wrote them: the committed result tables were computed on exactly these images.
+VERSION_1_PIXELS_SHA256 = "34c3c1f9d5070e3e6d4549564a2d80aa366a676122d280e48327f5b562aeba15"
+
+
+def test_version_1_images_are_unchanged(cached_root: Path) -> None:
+    digest = hashlib.sha256()
+    for path in sorted(cached_root.rglob("*.png")):
+        digest.update(str(path.relative_to(cached_root)).encode())
+        digest.update(np.ascontiguousarray(np.asarray(Image.open(path))).tobytes())
+    assert digest.hexdigest() == VERSION_1_PIXELS_SHA256, "version 1 must stay reproducible: add a new version"
 
 
 def test_generation_is_deterministic(tmp_path: Path) -> None:
@@ -87,14 +102,15 @@ def test_cache_is_reused(cached_root: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_env_var_root_and_repair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "env_demo"
-    monkeypatch.setenv(demo_module.ROOT_ENV_VAR, str(target))
+    cache = tmp_path / "env_cache"
+    monkeypatch.setenv(demo_module.ROOT_ENV_VAR, str(cache))
+    target = cache / "demo_v1"
     assert demo_dataset_root() == target
     original = _files(target)
     (target / "brick" / "test" / "hole" / "000.png").unlink()  # damaged cache of ours: regenerated
     assert demo_dataset_root() == target
     assert _files(target) == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["env_demo"], "no staging folders left behind"
+    assert sorted(p.name for p in cache.iterdir()) == ["demo_v1"], "no staging folders left behind"
 
 
 def test_refuses_to_overwrite_foreign_folder(tmp_path: Path) -> None:
