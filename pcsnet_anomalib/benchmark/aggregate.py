@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 MODEL = "model.class_path"
+LABEL = "model.label"
 CATEGORY = "data.init_args.category"
 K_SHOT = "data.init_args.k_shot"
 SEED = "data.init_args.k_shot_seed"
@@ -56,6 +57,8 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
             msg = f"{path}: missing columns {missing}; is this a k-shot benchmark's results.csv?"
             raise ValueError(msg)
         frame[MODEL] = frame[MODEL].astype(str).str.rsplit(".", n=1).str[-1]
+        if LABEL in frame.columns:  # a grid entry's own name (two settings of one model class)
+            frame[MODEL] = frame[LABEL].where(frame[LABEL].notna(), frame[MODEL]).astype(str)
         if label:
             frame[MODEL] = frame[MODEL] + f" ({label})"
         frames.append(frame)

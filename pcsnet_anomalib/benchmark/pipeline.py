@@ -14,11 +14,21 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
       image_size: [256, 256]        # every model: resize to this ...
       center_crop_size: [224, 224]  # ... then centre-crop (null: no crop); normalisation stays each model's own
       aupro: true                   # add pixel AUPRO to each model's test metrics
-      trainer:                      # Engine/Trainer arguments per model class (a model's trainer_arguments win)
+      trainer:                      # Engine/Trainer arguments per grid label or model class (a model's
+                                    # trainer_arguments win)
         Cfa: {max_epochs: 30}
       register_packaged_weights: true  # timm name tf_efficientnet_lite0.package_in1k = the offline Lite0 weights
       n_jobs: 1                     # jobs at once (anomalib's ParallelRunner): CPU: the cores are split
                                     # between them; CUDA: one GPU each (at most the number of GPUs)
+      results_dir: null             # a folder: each finished job's row is kept there as JSON and a re-run
+                                    # (after an interruption) returns it instead of running the job again
+      latency_runs: 0               # > 0: time that many batch-1 forward passes of each fitted model
+      heatmap_k: null               # a k: its seed-0 jobs save the anomaly map of one test image per defect
+                                    # type (into results_dir/heatmaps) for a side-by-side page
+
+A grid entry may carry a ``label`` beside ``class_path`` (e.g. ``Pcsnet-fast``), so that two settings of one model
+class get rows of their own; it is the ``model.label`` column of ``results.csv``. When ``k_shot`` is null (all
+normal images) the selection does not depend on ``k_shot_seed``: such a job runs for the first seed only.
 
 The k-shot subset is the datamodule's (``KShotMVTecAD``, ``KShotPcsnetDemo``), so it is the same for every
 model of a (category, k, seed) cell. Nothing is selected on test data: there is no early stopping or checkpoint
@@ -32,14 +42,19 @@ held-out data where the datamodule's validation split is disjoint from its test 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from anomalib.data import get_datamodule
@@ -57,7 +72,9 @@ from anomalib.pipelines.types import PREV_STAGE_RESULT
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.config import flatten_dict
 from anomalib.utils.logging import hide_output
+from jsonargparse import Namespace
 from lightning import seed_everything
+from PIL import Image
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize, Transform
 
 from pcsnet_anomalib._upstream import RawScoreROC
@@ -93,6 +110,9 @@ class Protocol:
     trainer: dict[str, dict[str, Any]] = field(default_factory=dict)
     register_packaged_weights: bool = False
     n_jobs: int = 1
+    results_dir: str | None = None
+    latency_runs: int = 0
+    heatmap_k: int | None = None
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Protocol:
@@ -108,6 +128,12 @@ class Protocol:
         protocol = cls(**section)
         if protocol.n_jobs < 1:
             msg = f"protocol.n_jobs must be at least 1, got {protocol.n_jobs}."
+            raise ValueError(msg)
+        if protocol.latency_runs < 0:
+            msg = f"protocol.latency_runs must be 0 (off) or more, got {protocol.latency_runs}."
+            raise ValueError(msg)
+        if protocol.heatmap_k is not None and protocol.results_dir is None:
+            msg = "protocol.heatmap_k saves heatmaps into protocol.results_dir: set results_dir too."
             raise ValueError(msg)
         return protocol
 
@@ -156,7 +182,13 @@ class Protocol:
 
 
 class KShotBenchmarkJob(BenchmarkJob):
-    """anomalib's benchmark job, with per-model trainer arguments and results that may have different keys."""
+    """anomalib's benchmark job, with per-model trainer arguments and results that may have different keys.
+
+    With a ``result_path`` the job is resumable: a finished job's row is written there (JSON, atomically) and
+    returned as it is by a later run instead of fitting again. ``latency_runs`` > 0 adds ``latency_ms``, the
+    median time of a batch-1 forward pass of the fitted model (pre-processing, model, post-processing) on one
+    test image. ``heatmap_dir`` receives the anomaly map of the first test image of each defect type.
+    """
 
     def __init__(
         self,
@@ -167,13 +199,42 @@ class KShotBenchmarkJob(BenchmarkJob):
         flat_cfg: dict,
         trainer_args: Mapping[str, Any] | None = None,
         threads: int | None = None,
+        result_path: Path | None = None,
+        latency_runs: int = 0,
+        heatmap_dir: Path | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, model=model, datamodule=datamodule, seed=seed, flat_cfg=flat_cfg)
         self.trainer_args = dict(trainer_args or {})
         self.threads = threads
+        self.result_path = result_path
+        self.latency_runs = latency_runs
+        self.heatmap_dir = heatmap_dir
+
+    def run(self, task_id: int | None = None) -> dict[str, Any]:
+        """The stored row of a finished job, else :meth:`fit_and_test` (stored when ``result_path`` is set).
+
+        A job that raises returns its config with an ``error`` column instead, so that the other jobs of the grid
+        still run; it is written to ``errors/`` beside ``jobs/``, not stored as finished: a later run tries it again.
+        """
+        if self.result_path is not None and self.result_path.is_file():
+            logger.info("Finished before, not run again: %s", self.result_path.name)
+            return json.loads(self.result_path.read_text())
+        try:
+            output = self.fit_and_test(task_id)
+        except Exception as error:  # one failing model must not end a grid of hours
+            cause = error.__cause__ or error  # anomalib's hide_output wraps the job's own exception
+            logger.exception("Job failed: %s", self.flat_cfg)
+            failed = {**self.flat_cfg, "error": f"{type(cause).__name__}: {cause}"}
+            if self.result_path is not None:  # kept apart from the results: the job is tried again next run
+                _write_json(self.result_path.parent.parent / "errors" / self.result_path.name, failed)
+            return failed
+        if self.result_path is not None:
+            _write_json(self.result_path, output)
+            (self.result_path.parent.parent / "errors" / self.result_path.name).unlink(missing_ok=True)
+        return output
 
     @hide_output
-    def run(self, task_id: int | None = None) -> dict[str, Any]:
+    def fit_and_test(self, task_id: int | None = None) -> dict[str, Any]:
         """Fit, then validate and test the last weights; return durations, the flat config and the metrics.
 
         ``task_id`` is the slot of anomalib's ParallelRunner: the GPU of a CUDA job.
@@ -199,6 +260,11 @@ class KShotBenchmarkJob(BenchmarkJob):
             test_start = time.time()
             test_results = engine.test(self.model, self.datamodule)
         job_end = time.time()
+        extras: dict[str, Any] = {}
+        if self.latency_runs:
+            extras["latency_ms"] = self._latency_ms()
+        if self.heatmap_dir is not None:
+            self._save_heatmaps(self.heatmap_dir)
         output = {
             "accelerator": self.accelerator,
             "job_duration": job_end - job_start,
@@ -208,14 +274,73 @@ class KShotBenchmarkJob(BenchmarkJob):
             **self.flat_cfg,
             **validation_results[0],
             **test_results[0],
+            **extras,
         }
         logger.info(f"Completed with result {output}")
         return output
+
+    def _latency_ms(self) -> float:
+        """Median wall time of ``latency_runs`` batch-1 forward passes on the first test image (2 warm-up passes)."""
+        image = self.datamodule.test_data[0].image.unsqueeze(0).to(self.model.device)
+        self.model.eval()
+        times = []
+        with torch.inference_mode():
+            for run in range(self.latency_runs + 2):
+                start = time.perf_counter()
+                self.model(image)
+                if run >= 2:
+                    times.append(time.perf_counter() - start)
+        return 1000.0 * statistics.median(times)
+
+    def _save_heatmaps(self, folder: Path) -> None:
+        """Write the anomaly maps of the first test image of each defect type, and ``index.json``.
+
+        Maps are 0-255 PNGs of the post-processor's normalised map; ``index.json`` names each map's image and mask.
+        """
+        samples = self.datamodule.test_data.samples.reset_index(drop=True)
+        chosen = samples[samples.label_index == 1].sort_values("image_path").groupby("label", sort=True).head(1)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = {}
+        self.model.eval()
+        with torch.inference_mode():
+            for row, sample in chosen.iterrows():
+                image = self.datamodule.test_data[int(row)].image.unsqueeze(0).to(self.model.device)
+                anomaly_map = self.model(image).anomaly_map.detach().float().cpu().squeeze()
+                name = f"{sample.label}_{Path(sample.image_path).stem}.png"
+                pixels = np.rint(anomaly_map.clamp(0, 1).numpy() * 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / name)
+                index[name] = {"label": sample.label, "image_path": sample.image_path, "mask_path": sample.mask_path}
+        _write_json(folder / "index.json", index)
 
     @staticmethod
     def collect(results: list[dict[str, Any]]) -> pd.DataFrame:
         """One row per job; a key that only some models have (``layers``, ``n_features``) is empty elsewhere."""
         return pd.DataFrame(results)
+
+
+def _write_json(path: Path, content: Mapping[str, Any] | list[Any]) -> None:
+    """Write ``content`` as JSON through a temporary file renamed into place, so no reader sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=1, sort_keys=True, default=_json_value) + "\n")
+    temporary.replace(path)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON form of values that ``json`` does not know: tensors and numpy scalars as numbers, others as text."""
+    if isinstance(value, torch.Tensor | np.generic):
+        return value.item()
+    return str(value)
+
+
+def job_name(flat_cfg: Mapping[str, Any]) -> str:
+    """A readable, unique file name for a job: model label, category, k, seed and a hash of its whole config."""
+    digest = hashlib.sha256(json.dumps(flat_cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    model = flat_cfg.get("model.label") or str(flat_cfg.get("model.class_path", "model")).rsplit(".", 1)[-1]
+    category = flat_cfg.get("data.init_args.category", "data")
+    k_shot = flat_cfg.get("data.init_args.k_shot")
+    seed = flat_cfg.get("data.init_args.k_shot_seed", 0)
+    return f"{model}-{category}-k{'all' if k_shot is None else k_shot}-s{seed}-{digest}"
 
 
 class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
@@ -237,24 +362,79 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
     def generate_jobs(self, args: dict, previous_stage_result: PREV_STAGE_RESULT) -> Generator[KShotBenchmarkJob]:
         """Jobs for every combination of the grids in ``args`` (the config's ``benchmark`` section)."""
         del previous_stage_result
+        results_dir = None if self.protocol.results_dir is None else Path(self.protocol.results_dir)
+        seen_all_image_jobs: set[str] = set()
         for container in get_iterator_from_grid_dict(args):
-            model_name = str(container["model"]["class_path"]).rsplit(".", 1)[-1]
+            if self._repeats_an_all_images_job(container, seen_all_image_jobs):
+                continue
+            model_config = dict(container["model"])
+            model_config.pop("label", None)
+            model_name = str(model_config["class_path"]).rsplit(".", 1)[-1]
+            flat_cfg = flatten_dict(container)
             # Models draw random numbers when built (PaDiM picks its feature subset): seeding here makes a job's
             # model depend on its seed only, not on which jobs were generated before it (serial or parallel).
             seed_everything(container["seed"])
             yield KShotBenchmarkJob(
                 accelerator=self.accelerator,
                 seed=container["seed"],
-                model=self.protocol.build_model(container["model"]),
+                model=self.protocol.build_model(model_config),
                 datamodule=get_datamodule(container["data"]),
-                flat_cfg=flatten_dict(container),
-                trainer_args=self.protocol.trainer.get(model_name),
+                flat_cfg=flat_cfg,
+                trainer_args=self.protocol.trainer.get(
+                    container["model"].get("label"), self.protocol.trainer.get(model_name)
+                ),
                 threads=self.threads,
+                result_path=None if results_dir is None else results_dir / "jobs" / f"{job_name(flat_cfg)}.json",
+                latency_runs=self.protocol.latency_runs,
+                heatmap_dir=self._heatmap_dir(container, results_dir),
             )
+
+    @staticmethod
+    def _repeats_an_all_images_job(container: Mapping[str, Any], seen: set[str]) -> bool:
+        """True for a job on all normal images (``k_shot`` null) whose twin with another k-shot seed was seen."""
+        data_args = container["data"].get("init_args", {})
+        if "k_shot" not in data_args or data_args["k_shot"] is not None:
+            return False
+        without_seed = {**data_args, "k_shot_seed": None}
+        key = json.dumps({**container, "data": {**container["data"], "init_args": without_seed}}, default=str)
+        if key in seen:
+            return True
+        seen.add(key)
+        return False
+
+    def _heatmap_dir(self, container: Mapping[str, Any], results_dir: Path | None) -> Path | None:
+        """Where a job saves heatmaps: only jobs at ``protocol.heatmap_k`` with k-shot seed 0."""
+        data_args = container["data"].get("init_args", {})
+        if results_dir is None or self.protocol.heatmap_k is None or data_args.get("k_shot_seed", 0):
+            return None
+        if data_args.get("k_shot") != self.protocol.heatmap_k:
+            return None
+        return results_dir / "heatmaps" / job_name(flatten_dict(container))
 
 
 class KShotBenchmark(Benchmark):
-    """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs, ``protocol.n_jobs`` at once."""
+    """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs, ``protocol.n_jobs`` at once.
+
+    With ``protocol.results_dir`` a run also writes ``results.csv`` there (every finished job of the grid, this
+    run's and earlier ones') and appends its start, end and wall time to ``runs.json``.
+    """
+
+    def run(self, args: Namespace | None = None) -> None:
+        """Run the grid (see the class docstring)."""
+        start = time.time()
+        config = self._get_args(args)
+        super().run(args)
+        results_dir = Protocol.from_config(config.get("protocol")).results_dir
+        if results_dir is None:
+            return
+        folder = Path(results_dir)
+        rows = [json.loads(path.read_text()) for path in sorted((folder / "jobs").glob("*.json"))]
+        pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+        runs_file = folder / "runs.json"
+        runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+        end = time.time()
+        runs.append({"start": time.ctime(start), "end": time.ctime(end), "wall_s": round(end - start, 1)})
+        _write_json(runs_file, runs)
 
     @staticmethod
     def _setup_runners(args: dict) -> list[Runner]:
@@ -279,4 +459,4 @@ def main() -> None:
     import pcsnet_anomalib  # noqa: F401  (registers Pcsnet and the k-shot datamodules on anomalib)
 
     logging.getLogger("pcsnet_anomalib").setLevel(logging.INFO)  # k-shot choices and job results in the log
-    KShotBenchmark().run()
+    KShotBenchmark().run(KShotBenchmark.get_parser().parse_args())
