@@ -22,9 +22,13 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
                                     # between them; CUDA: one GPU each (at most the number of GPUs)
       results_dir: null             # a folder: each finished job's row is kept there as JSON and a re-run
                                     # (after an interruption) returns it instead of running the job again
-      latency_runs: 0               # > 0: time that many batch-1 forward passes of each fitted model
-      heatmap_k: null               # a k: its seed-0 jobs save the anomaly map of one test image per defect
-                                    # type (into results_dir/heatmaps) for a side-by-side page
+      showcase_k: null              # a k: its seed-0 jobs save the anomaly map of the first test image of each
+                                    # defect type (results_dir/heatmaps) for a side-by-side page, and ...
+      latency_runs: 0               # ... with > 0, time that many batch-1 forward passes of the fitted model
+      limits: {}                    # per grid label or model class, the data values it runs with, e.g.
+                                    # {Pcsnet: {k_shot: [1, 2]}}: other jobs of that model are not generated
+      k_shot_seeds: {}              # per k, the k-shot seeds run there (default: every seed of the grid),
+                                    # e.g. {8: [0]} to spend the time on more seeds where k is small
 
 A grid entry may carry a ``label`` beside ``class_path`` (e.g. ``Pcsnet-fast``), so that two settings of one model
 class get rows of their own; it is the ``model.label`` column of ``results.csv``. When ``k_shot`` is null (all
@@ -45,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -111,8 +116,10 @@ class Protocol:
     register_packaged_weights: bool = False
     n_jobs: int = 1
     results_dir: str | None = None
+    showcase_k: int | None = None
     latency_runs: int = 0
-    heatmap_k: int | None = None
+    limits: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    k_shot_seeds: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Protocol:
@@ -132,8 +139,11 @@ class Protocol:
         if protocol.latency_runs < 0:
             msg = f"protocol.latency_runs must be 0 (off) or more, got {protocol.latency_runs}."
             raise ValueError(msg)
-        if protocol.heatmap_k is not None and protocol.results_dir is None:
-            msg = "protocol.heatmap_k saves heatmaps into protocol.results_dir: set results_dir too."
+        if protocol.showcase_k is not None and protocol.results_dir is None:
+            msg = "protocol.showcase_k saves heatmaps into protocol.results_dir: set results_dir too."
+            raise ValueError(msg)
+        if protocol.latency_runs and protocol.showcase_k is None:
+            msg = "protocol.latency_runs times the jobs at protocol.showcase_k: set showcase_k too."
             raise ValueError(msg)
         return protocol
 
@@ -333,6 +343,12 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _k_shot_order(container: Mapping[str, Any]) -> float:
+    """Sort key of a job: its ``k_shot`` (all images, ``None``, last; jobs without one first)."""
+    k_shot = container["data"].get("init_args", {}).get("k_shot", 0)
+    return math.inf if k_shot is None else float(k_shot)
+
+
 def job_name(flat_cfg: Mapping[str, Any]) -> str:
     """A readable, unique file name for a job: model label, category, k, seed and a hash of its whole config."""
     digest = hashlib.sha256(json.dumps(flat_cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -364,13 +380,17 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
         del previous_stage_result
         results_dir = None if self.protocol.results_dir is None else Path(self.protocol.results_dir)
         seen_all_image_jobs: set[str] = set()
-        for container in get_iterator_from_grid_dict(args):
+        # Smallest k first, so that an interrupted run has whole tables for the k it reached.
+        for container in sorted(get_iterator_from_grid_dict(args), key=_k_shot_order):
             if self._repeats_an_all_images_job(container, seen_all_image_jobs):
                 continue
             model_config = dict(container["model"])
             model_config.pop("label", None)
             model_name = str(model_config["class_path"]).rsplit(".", 1)[-1]
             flat_cfg = flatten_dict(container)
+            if not self._within_limits(container):
+                continue
+            showcase_dir = self._showcase_dir(container, results_dir)
             # Models draw random numbers when built (PaDiM picks its feature subset): seeding here makes a job's
             # model depend on its seed only, not on which jobs were generated before it (serial or parallel).
             seed_everything(container["seed"])
@@ -385,8 +405,8 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
                 ),
                 threads=self.threads,
                 result_path=None if results_dir is None else results_dir / "jobs" / f"{job_name(flat_cfg)}.json",
-                latency_runs=self.protocol.latency_runs,
-                heatmap_dir=self._heatmap_dir(container, results_dir),
+                latency_runs=self.protocol.latency_runs if showcase_dir is not None else 0,
+                heatmap_dir=showcase_dir,
             )
 
     @staticmethod
@@ -402,12 +422,23 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
         seen.add(key)
         return False
 
-    def _heatmap_dir(self, container: Mapping[str, Any], results_dir: Path | None) -> Path | None:
-        """Where a job saves heatmaps: only jobs at ``protocol.heatmap_k`` with k-shot seed 0."""
+    def _within_limits(self, container: Mapping[str, Any]) -> bool:
+        """False for a job outside ``protocol.limits`` of its label or model class or ``protocol.k_shot_seeds``."""
+        model = container["model"]
+        class_name = str(model["class_path"]).rsplit(".", 1)[-1]
+        limits = self.protocol.limits.get(model.get("label"), self.protocol.limits.get(class_name, {}))
         data_args = container["data"].get("init_args", {})
-        if results_dir is None or self.protocol.heatmap_k is None or data_args.get("k_shot_seed", 0):
+        seeds = self.protocol.k_shot_seeds.get(data_args.get("k_shot"))
+        if seeds is not None and data_args.get("k_shot_seed") not in seeds:
+            return False
+        return all(data_args.get(key) in allowed for key, allowed in limits.items())
+
+    def _showcase_dir(self, container: Mapping[str, Any], results_dir: Path | None) -> Path | None:
+        """Where a showcase job (``protocol.showcase_k``, k-shot seed 0) saves heatmaps; None for other jobs."""
+        data_args = container["data"].get("init_args", {})
+        if results_dir is None or self.protocol.showcase_k is None or data_args.get("k_shot_seed", 0):
             return None
-        if data_args.get("k_shot") != self.protocol.heatmap_k:
+        if data_args.get("k_shot") != self.protocol.showcase_k:
             return None
         return results_dir / "heatmaps" / job_name(flatten_dict(container))
 

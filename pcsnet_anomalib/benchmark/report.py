@@ -8,8 +8,8 @@ writes into ``--out`` (default: the results folder itself):
 - ``summary.md`` / ``summary.csv`` / ``image_auroc_vs_k.png``: :mod:`pcsnet_anomalib.benchmark.aggregate`'s
   per-category and mean tables (image AUROC, pixel AUROC, pixel AUPRO; mean +- std over k-shot seeds) and plot;
 - ``accuracy_vs_latency.png``: category-average image AUROC at ``--latency-k`` against the median batch-1
-  latency of the same jobs (``protocol.latency_runs``);
-- ``heatmaps.png``: for each category, the test images whose maps the ``protocol.heatmap_k`` jobs saved, with
+  latency of the showcase jobs (``protocol.showcase_k``, ``protocol.latency_runs``);
+- ``heatmaps.png``: for each category, the test images whose maps the ``protocol.showcase_k`` jobs saved, with
   their ground truth and every model's anomaly map side by side;
 - ``README.md``: the run (command, wall time), the mean tables, image AUROC per category kind, the spread of
   image AUROC between models at k = 1, and links to the rest.
@@ -90,7 +90,7 @@ def plot_accuracy_vs_latency(results: pd.DataFrame, k: int, path: Path) -> pd.Da
 
     rows = results[results[K_SHOT] == k]
     if LATENCY not in rows.columns or rows[LATENCY].isna().all():
-        msg = f"No {LATENCY} at k={k_label(k)}: run the benchmark with protocol.latency_runs > 0."
+        msg = f"No {LATENCY} at k={k_label(k)}: run the benchmark with showcase_k = {k_label(k)} and latency_runs > 0."
         raise ValueError(msg)
     per_seed = rows.groupby([MODEL, SEED])["image_AUROC"].mean().groupby(MODEL).mean()
     points = pd.DataFrame({"latency_ms": rows.groupby(MODEL)[LATENCY].median(), "image_AUROC": 100 * per_seed})
@@ -131,7 +131,7 @@ def plot_heatmaps(results_dir: Path, path: Path, per_category: int = 2) -> None:
 
     panels = heatmap_panels(results_dir)
     if not panels:
-        msg = f"No heatmaps under {results_dir / 'heatmaps'}: run the benchmark with protocol.heatmap_k."
+        msg = f"No heatmaps under {results_dir / 'heatmaps'}: run the benchmark with protocol.showcase_k."
         raise ValueError(msg)
     models = sorted({model for images in panels.values() for maps in images.values() for model in maps})
     rows = [(category, key) for category in sorted(panels) for key in sorted(panels[category])[:per_category]]

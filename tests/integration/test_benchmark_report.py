@@ -20,9 +20,13 @@ protocol:
   n_jobs: 1
   results_dir: {results}
   latency_runs: 2
-  heatmap_k: 1
+  showcase_k: 1
   trainer:
     Padim-small: {{max_epochs: 1}}
+  limits:
+    Dfm: {{k_shot_seed: [0]}}
+  k_shot_seeds:
+    2: [1]
 benchmark:
   seed: 42
   model:
@@ -39,7 +43,7 @@ benchmark:
       category: widget
       num_workers: 0
       eval_batch_size: 4
-      k_shot: {{grid: [1, null]}}
+      k_shot: {{grid: [1, 2, null]}}
       k_shot_seed: {{grid: [0, 1]}}
 """
 
@@ -57,16 +61,23 @@ def test_resumable_benchmark_with_latency_heatmaps_and_a_failing_job(mvtec_root:
     first = _run(config, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     jobs = sorted(path.name for path in (results / "jobs").glob("*.json"))
-    # Padim: k=1 x 2 seeds + k=all once (the same images for every seed); Dfm: k=all only, since its PCA cannot
-    # fit one image (that job fails, is reported, and does not stop the others).
-    assert len(jobs) == 4, jobs
+    # Padim: k=1 x 2 seeds, k=2 x seed 1 (k_shot_seeds), k=all once (the same images for every seed); Dfm (limited
+    # to seed 0, so no k=2): k=all only, since its PCA cannot fit one image (that job fails, is reported, and does
+    # not stop the others).
+    assert len(jobs) == 5, jobs
+    k2_jobs = [name for name in jobs if "-k2-" in name]
+    assert len(k2_jobs) == 1
+    assert k2_jobs[0].startswith("Padim-small-widget-k2-s1-")
     assert sum(name.startswith("Padim-small-widget-kall-") for name in jobs) == 1
     errors = [json.loads(path.read_text()) for path in (results / "errors").glob("*.json")]
-    assert len(errors) == 2, "Dfm at k=1, both seeds"
-    assert all(error["model.class_path"] == "Dfm" and error["data.init_args.k_shot"] == 1 for error in errors)
+    assert len(errors) == 1, "Dfm at k=1, seed 0 (seed 1 is outside its limits)"
+    assert errors[0]["model.class_path"] == "Dfm"
+    assert errors[0]["data.init_args.k_shot"] == 1
     table = pd.read_csv(results / "results.csv")
-    assert len(table) == 4
-    assert (table["latency_ms"] > 0).all()
+    assert len(table) == 5
+    showcase = (table["data.init_args.k_shot"] == 1) & (table["data.init_args.k_shot_seed"] == 0)
+    assert (table.loc[showcase, "latency_ms"] > 0).all()
+    assert table.loc[~showcase, "latency_ms"].isna().all(), "latency is timed in the showcase jobs only"
     assert set(table["model.label"].dropna()) == {"Padim-small"}
     # Heatmaps: the k=1, seed-0 jobs that finished, one map per defect type (the fixture has one, "stain").
     (heatmap_folder,) = (results / "heatmaps").iterdir()
