@@ -70,22 +70,32 @@ def _blob(
     return strength, np.stack([dy / radius, dx / radius])
 
 
+def _random_walk(
+    rng: np.random.Generator, size: int, segments: tuple[int, int], turn: float, step: tuple[float, float]
+) -> np.ndarray:
+    """Vertices (x, y) of a bending stroke, kept 2 px inside the image.
+
+    It starts in the central 70 % and takes ``segments`` (low, high exclusive) steps of ``step`` (fractions of
+    ``size``), each turning by up to ``turn`` radians.
+    """
+    point = rng.uniform(0.15 * size, 0.85 * size, 2)
+    heading = rng.uniform(0.0, 2 * np.pi)
+    points = [point]
+    for _ in range(int(rng.integers(*segments))):
+        heading += rng.uniform(-turn, turn)
+        point = np.clip(point + size * rng.uniform(*step) * np.array([np.cos(heading), np.sin(heading)]), 2, size - 3)
+        points.append(point)
+    return np.array(points)
+
+
 def _scratch(rng: np.random.Generator, image: np.ndarray, _others: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Thin bright or dark polyline strokes; return (alpha, target colour image)."""
     size = image.shape[0]
     canvas = np.zeros((size, size), np.uint8)
     thickness = max(1, round(size / 256 * rng.uniform(1.5, 3.0)))
     for _ in range(int(rng.integers(1, 3))):
-        point = rng.uniform(0.15 * size, 0.85 * size, 2)
-        heading = rng.uniform(0.0, 2 * np.pi)
-        points = [point]
-        for _ in range(int(rng.integers(3, 7))):
-            heading += rng.uniform(-0.5, 0.5)
-            point = np.clip(
-                point + size * rng.uniform(0.05, 0.11) * np.array([np.cos(heading), np.sin(heading)]), 2, size - 3
-            )
-            points.append(point)
-        pts = np.rint(np.array(points) * 16).astype(np.int32)  # 4 bits of sub-pixel precision
+        points = _random_walk(rng, size, segments=(3, 7), turn=0.5, step=(0.05, 0.11))
+        pts = np.rint(points * 16).astype(np.int32)  # 4 bits of sub-pixel precision
         cv2.polylines(canvas, [pts], False, 255, thickness, cv2.LINE_AA, shift=4)
     coverage = canvas.astype(np.float32) / 255.0
     alpha = np.where(coverage > 0.2, coverage, 0.0) * rng.uniform(0.75, 0.95)
@@ -142,16 +152,8 @@ def _thin(rng: np.random.Generator, image: np.ndarray, _others: Sequence[str]) -
     """Subtle: a one-pixel polyline a little brighter or darker than the surface under it (12-20 grey levels)."""
     size = image.shape[0]
     canvas = np.zeros((size, size), np.uint8)
-    point = rng.uniform(0.15 * size, 0.85 * size, 2)
-    heading = rng.uniform(0.0, 2 * np.pi)
-    points = [point]
-    for _ in range(int(rng.integers(3, 6))):
-        heading += rng.uniform(-0.3, 0.3)
-        point = np.clip(
-            point + size * rng.uniform(0.06, 0.12) * np.array([np.cos(heading), np.sin(heading)]), 2, size - 3
-        )
-        points.append(point)
-    cv2.polylines(canvas, [np.rint(np.array(points)).astype(np.int32)], False, 255, 1, cv2.LINE_8)
+    points = _random_walk(rng, size, segments=(3, 6), turn=0.3, step=(0.06, 0.12))
+    cv2.polylines(canvas, [np.rint(points).astype(np.int32)], False, 255, 1, cv2.LINE_8)
     alpha = (canvas > 0).astype(np.float32)
     shift = rng.choice([-1.0, 1.0]) * rng.uniform(12.0, 20.0)
     return alpha, image.astype(np.float32) + shift
