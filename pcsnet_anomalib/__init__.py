@@ -36,7 +36,7 @@ __all__ = [
     "load_preset",
     "select_k_shot",
 ]
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # Last: make the models and datamodules visible to anomalib's lookups (also done by the start-up hook).
 from pcsnet_anomalib._plugin import register as _register
