@@ -379,17 +379,11 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
         """Jobs for every combination of the grids in ``args`` (the config's ``benchmark`` section)."""
         del previous_stage_result
         results_dir = None if self.protocol.results_dir is None else Path(self.protocol.results_dir)
-        seen_all_image_jobs: set[str] = set()
-        # Smallest k first, so that an interrupted run has whole tables for the k it reached.
-        for container in sorted(get_iterator_from_grid_dict(args), key=_k_shot_order):
-            if self._repeats_an_all_images_job(container, seen_all_image_jobs):
-                continue
+        for container in self.grid_points(args):
             model_config = dict(container["model"])
             model_config.pop("label", None)
             model_name = str(model_config["class_path"]).rsplit(".", 1)[-1]
             flat_cfg = flatten_dict(container)
-            if not self._within_limits(container):
-                continue
             showcase_dir = self._showcase_dir(container, results_dir)
             # Models draw random numbers when built (PaDiM picks its feature subset): seeding here makes a job's
             # model depend on its seed only, not on which jobs were generated before it (serial or parallel).
@@ -408,6 +402,16 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
                 latency_runs=self.protocol.latency_runs if showcase_dir is not None else 0,
                 heatmap_dir=showcase_dir,
             )
+
+    def grid_points(self, args: dict) -> Generator[dict[str, Any]]:
+        """The grid points of ``args`` that run: within ``protocol.limits``, one all-images job per seed grid.
+
+        Smallest k first, so that an interrupted run has whole tables for the k it reached.
+        """
+        seen_all_image_jobs: set[str] = set()
+        for container in sorted(get_iterator_from_grid_dict(args), key=_k_shot_order):
+            if not self._repeats_an_all_images_job(container, seen_all_image_jobs) and self._within_limits(container):
+                yield container
 
     @staticmethod
     def _repeats_an_all_images_job(container: Mapping[str, Any], seen: set[str]) -> bool:
@@ -447,7 +451,8 @@ class KShotBenchmark(Benchmark):
     """anomalib's benchmark pipeline running :class:`KShotBenchmarkJob` jobs, ``protocol.n_jobs`` at once.
 
     With ``protocol.results_dir`` a run also writes ``results.csv`` there (every finished job of the grid, this
-    run's and earlier ones') and appends its start, end and wall time to ``runs.json``.
+    run's and earlier ones'; results of jobs the grid or its limits no longer hold stay in ``jobs/`` but are left
+    out) and appends its start, end and wall time to ``runs.json``.
     """
 
     def run(self, args: Namespace | None = None) -> None:
@@ -455,11 +460,13 @@ class KShotBenchmark(Benchmark):
         start = time.time()
         config = self._get_args(args)
         super().run(args)
-        results_dir = Protocol.from_config(config.get("protocol")).results_dir
-        if results_dir is None:
+        protocol = Protocol.from_config(config.get("protocol"))
+        if protocol.results_dir is None:
             return
-        folder = Path(results_dir)
-        rows = [json.loads(path.read_text()) for path in sorted((folder / "jobs").glob("*.json"))]
+        folder = Path(protocol.results_dir)
+        generator = KShotBenchmarkJobGenerator(config.get("accelerator", "cpu"), protocol)
+        names = {job_name(flatten_dict(point)) for point in generator.grid_points(config.get("benchmark", {}))}
+        rows = [json.loads(path.read_text()) for path in sorted((folder / "jobs").glob("*.json")) if path.stem in names]
         pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
         runs_file = folder / "runs.json"
         runs = json.loads(runs_file.read_text()) if runs_file.is_file() else []

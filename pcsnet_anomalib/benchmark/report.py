@@ -163,7 +163,8 @@ def plot_heatmaps(results_dir: Path, path: Path, per_category: int = 2) -> None:
     plt.close(figure)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
+    """A markdown table of ``table``, index as the first column headed "model", empty cells for NaN."""
     header = "| model | " + " | ".join(map(str, table.columns)) + " |"
     rule = "| --- |" + " --- |" * len(table.columns)
     lines = [
@@ -213,12 +214,12 @@ def report(
             lines += [
                 f"## {name} (%), category average, mean ± std over k-shot seeds",
                 "",
-                _markdown(mean_table(summary, metric)),
+                markdown_table(mean_table(summary, metric)),
                 "",
             ]
     category_kinds = kinds(results)
     if category_kinds:
-        lines += ["## Image AUROC (%) per category kind", "", _markdown(kind_table(results, category_kinds)), ""]
+        lines += ["## Image AUROC (%) per category kind", "", markdown_table(kind_table(results, category_kinds)), ""]
     if LATENCY in results.columns and (results[K_SHOT] == latency_k).any():
         points = plot_accuracy_vs_latency(results, latency_k, out / "accuracy_vs_latency.png")
         lines += [
@@ -227,7 +228,7 @@ def report(
             "![accuracy against latency](accuracy_vs_latency.png)",
             "",
         ]
-        lines += [_markdown(points.round(1)), ""]
+        lines += [markdown_table(points.round(1)), ""]
     if (results_dir / "heatmaps").is_dir():
         plot_heatmaps(results_dir, out / "heatmaps.png")
         lines += ["## Heatmaps", "", "![heatmaps](heatmaps.png)", ""]

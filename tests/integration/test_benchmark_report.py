@@ -103,3 +103,14 @@ def test_resumable_benchmark_with_latency_heatmaps_and_a_failing_job(mvtec_root:
     assert "Dfm" in readme.split("## Jobs that failed")[1]
     for picture in ("accuracy_vs_latency.png", "heatmaps.png", "image_auroc_vs_k.png"):
         assert (out / picture).stat().st_size > 0, picture
+
+    # Narrowing the grid's limits leaves the dropped job's result on disk but out of results.csv.
+    dfm_limit = "Dfm: {{k_shot_seed: [0]}}"
+    narrowed = CONFIG.replace(dfm_limit, dfm_limit + "\n    Padim-small: {{k_shot: [1, null]}}")
+    config.write_text(narrowed.format(root=mvtec_root, results=results))
+    third = _run(config, tmp_path)
+    assert third.returncode == 0, third.stderr[-3000:]
+    table = pd.read_csv(results / "results.csv")
+    assert len(table) == 4
+    assert 2 not in set(table["data.init_args.k_shot"])
+    assert len(list((results / "jobs").glob("*.json"))) == 5
