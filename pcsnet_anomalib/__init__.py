@@ -1,12 +1,20 @@
 """pcsnet-anomalib: anomaly detection models anomalib lacks, as an anomalib plugin (PCSNet, PFM, PEFM).
 
-Layers, each importing only from those before it: ``data`` (datamodules, the k-shot protocol) <- ``models``
-<- ``callbacks`` (opt-in, for any anomalib model) <- ``benchmark`` (behind the ``benchmark`` extra, not
-imported here).
+Layers, each importing only from those before it: ``data`` (datamodules, the k-shot and anomalous-shots
+protocols) <- ``models`` <- ``callbacks`` (opt-in, for any anomalib model) <- ``benchmark`` (behind the
+``benchmark`` extra, not imported here).
 """
 
 from pcsnet_anomalib.callbacks import KShotSelection, PredictionWriter, ThresholdCalibration
-from pcsnet_anomalib.data import KShotMPDD, KShotMVTecAD, KShotPcsnetDemo, PcsnetDemo, select_k_shot
+from pcsnet_anomalib.data import (
+    KShotFolder,
+    KShotMPDD,
+    KShotMVTecAD,
+    KShotPcsnetDemo,
+    PcsnetDemo,
+    select_anomalous_shots,
+    select_k_shot,
+)
 from pcsnet_anomalib.models import (
     PatchExchange,
     PatchExchangeConfig,
@@ -19,6 +27,7 @@ from pcsnet_anomalib.models import (
 )
 
 __all__ = [
+    "KShotFolder",
     "KShotMPDD",
     "KShotMVTecAD",
     "KShotPcsnetDemo",
@@ -34,6 +43,7 @@ __all__ = [
     "PredictionWriter",
     "ThresholdCalibration",
     "load_preset",
+    "select_anomalous_shots",
     "select_k_shot",
 ]
 __version__ = "0.5.0"

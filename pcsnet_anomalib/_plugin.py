@@ -32,6 +32,7 @@ DATAMODULES: dict[str, str] = {
     "PcsnetDemo": "pcsnet_anomalib.data:PcsnetDemo",
     "KShotMVTecAD": "pcsnet_anomalib.data:KShotMVTecAD",
     "KShotMPDD": "pcsnet_anomalib.data:KShotMPDD",
+    "KShotFolder": "pcsnet_anomalib.data:KShotFolder",
     "KShotPcsnetDemo": "pcsnet_anomalib.data:KShotPcsnetDemo",
 }
 """Name set on ``anomalib.data`` -> ``module:attribute`` of an ``AnomalibDataModule`` subclass."""

@@ -4,6 +4,8 @@ For a datamodule you cannot change (the k-shot datamodules of :mod:`pcsnet_anoma
 other way). Right after the datamodule is set up and before any dataloader is built, the callback restricts
 the datamodule's training set to the images :func:`~pcsnet_anomalib.data.kshot.select_k_shot` chooses.
 Validation and test sets are left alone, so they never contain the chosen images unless they already did.
+Abnormal training images (the anomalous shots of :mod:`pcsnet_anomalib.data.anomalous_shots`) are kept: k
+counts normal images.
 """
 
 import logging
@@ -17,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class KShotSelection(Callback):
-    """Keep ``k_shot`` normal training images, chosen at random with ``seed`` (``None`` keeps all).
+    """Keep ``k_shot`` normal training images chosen at random with ``seed`` (``None``: all), and any abnormal ones.
 
     The chosen file paths are logged and saved in checkpoints (``state_dict``).
 
@@ -59,7 +61,9 @@ class KShotSelection(Callback):
             self.selected_paths = list(preselected)
             return
         self.selected_paths = select_k_shot(train_data, self.k_shot, self.seed)
-        datamodule.train_data = restrict_to(train_data, self.selected_paths)
+        samples = train_data.samples
+        labelled_anomalies = samples.image_path[samples.label_index == 1].tolist()
+        datamodule.train_data = restrict_to(train_data, self.selected_paths + labelled_anomalies)
         logger.info(
             "k-shot selection (k_shot=%s, seed=%d): training on %d images: %s",
             self.k_shot,

@@ -1,8 +1,14 @@
-"""Data: the offline demo dataset in MVTec AD layout, the k-shot protocol, resumable training loaders.
+"""Data: the offline demo dataset in MVTec AD layout, the k-shot and few-real-anomalies protocols, resumable loaders.
 
 The bottom layer of the package: it imports nothing from ``models``, ``callbacks`` or ``benchmark``.
 """
 
+from pcsnet_anomalib.data.anomalous_shots import (
+    AnomalousShotsMixin,
+    check_anomalous_shots,
+    defect_type,
+    select_anomalous_shots,
+)
 from pcsnet_anomalib.data.demo import (
     DEFECT_TYPES,
     DEMO_CATEGORIES,
@@ -12,6 +18,7 @@ from pcsnet_anomalib.data.demo import (
     resolve_demo_root,
 )
 from pcsnet_anomalib.data.kshot import (
+    KShotFolder,
     KShotMixin,
     KShotMPDD,
     KShotMVTecAD,
@@ -25,6 +32,8 @@ from pcsnet_anomalib.data.resumable import ResumableDataLoader, ResumableTrainLo
 __all__ = [
     "DEFECT_TYPES",
     "DEMO_CATEGORIES",
+    "AnomalousShotsMixin",
+    "KShotFolder",
     "KShotMPDD",
     "KShotMVTecAD",
     "KShotMixin",
@@ -32,10 +41,13 @@ __all__ = [
     "PcsnetDemo",
     "ResumableDataLoader",
     "ResumableTrainLoaderMixin",
+    "check_anomalous_shots",
     "check_k_shot",
+    "defect_type",
     "demo_dataset_root",
     "generate_demo_dataset",
     "resolve_demo_root",
     "restrict_to",
+    "select_anomalous_shots",
     "select_k_shot",
 ]

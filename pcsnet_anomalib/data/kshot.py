@@ -3,19 +3,24 @@
 :func:`select_k_shot` is the one selection rule (a pure function of the dataset, ``k`` and the seed);
 :func:`restrict_to` keeps those images of a dataset. Two ways to use them:
 
-- the k-shot datamodules (:class:`KShotMVTecAD`, :class:`KShotMPDD`, :class:`KShotPcsnetDemo`, or any
-  anomalib datamodule with :class:`KShotMixin` in front), which choose after their validation split, so
-  validation never draws from the k images. ``anomalib benchmark`` builds each job's Engine itself (no
-  per-run callbacks), so there ``data.init_args.k_shot`` / ``k_shot_seed`` are grids shared by every model;
+- the k-shot datamodules (:class:`KShotMVTecAD`, :class:`KShotMPDD`, :class:`KShotFolder`,
+  :class:`KShotPcsnetDemo`, or any anomalib datamodule with :class:`KShotMixin` in front), which choose after
+  their validation split, so validation never draws from the k images. ``anomalib benchmark`` builds each
+  job's Engine itself (no per-run callbacks), so there ``data.init_args.k_shot`` / ``k_shot_seed`` are grids
+  shared by every model;
 - the opt-in callback ``pcsnet_anomalib.callbacks.KShotSelection``, for a datamodule you cannot change.
+
+The k-shot datamodules also take the few-real-anomalies option (``anomalous_shots``, ``anomalous_shots_seed``,
+``train_on_anomalous_shots``; :mod:`pcsnet_anomalib.data.anomalous_shots`), off by default.
 """
 
 import logging
 from typing import Any
 
 import numpy as np
-from anomalib.data import MPDD, MVTecAD
+from anomalib.data import MPDD, Folder, MVTecAD
 
+from pcsnet_anomalib.data.anomalous_shots import AnomalousShotsMixin
 from pcsnet_anomalib.data.demo import PcsnetDemo
 from pcsnet_anomalib.data.resumable import ResumableTrainLoaderMixin
 
@@ -64,9 +69,10 @@ def restrict_to(dataset: Any, paths: list[str]) -> Any:
 class KShotMixin(ResumableTrainLoaderMixin):
     """Restrict an anomalib datamodule's training set to ``k_shot`` normal images after its validation split.
 
-    Put it before the datamodule class in the bases: ``class KShotFolder(KShotMixin, Folder)`` takes every
-    argument of ``Folder`` plus ``k_shot`` and ``k_shot_seed`` (jsonargparse follows ``**kwargs`` to the parent,
-    so the CLI offers them all). ``few_shot_paths`` holds the chosen files after setup; they are saved in
+    Put it before the datamodule class in the bases: ``class KShotVisa(KShotMixin, Visa)`` takes every
+    argument of ``Visa`` plus ``k_shot`` and ``k_shot_seed`` (jsonargparse follows ``**kwargs`` to the parent,
+    so the CLI offers them all; :class:`~pcsnet_anomalib.data.anomalous_shots.AnomalousShotsMixin`, if used,
+    goes before it). ``few_shot_paths`` holds the chosen files after setup; they are saved in
     checkpoints (the datamodule's ``state_dict``). The training loader is resumable mid-epoch
     (:class:`~pcsnet_anomalib.data.resumable.ResumableTrainLoaderMixin`).
 
@@ -115,24 +121,36 @@ class KShotMixin(ResumableTrainLoaderMixin):
             )
 
 
-class KShotMVTecAD(KShotMixin, MVTecAD):
-    """MVTec AD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
+class KShotMVTecAD(AnomalousShotsMixin, KShotMixin, MVTecAD):
+    """MVTec AD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed`` (plus any anomalous shots).
 
-    Takes every argument of ``anomalib.data.MVTecAD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
+    Takes every argument of ``anomalib.data.MVTecAD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`)
+    and ``anomalous_shots``, ``anomalous_shots_seed``, ``train_on_anomalous_shots`` (:class:`AnomalousShotsMixin`).
     """
 
 
-class KShotMPDD(KShotMixin, MPDD):
-    """MPDD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
+class KShotMPDD(AnomalousShotsMixin, KShotMixin, MPDD):
+    """MPDD whose training set is ``k_shot`` normal images chosen with ``k_shot_seed`` (plus any anomalous shots).
 
-    Takes every argument of ``anomalib.data.MPDD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
+    Takes every argument of ``anomalib.data.MPDD`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`)
+    and ``anomalous_shots``, ``anomalous_shots_seed``, ``train_on_anomalous_shots`` (:class:`AnomalousShotsMixin`).
     """
 
 
-class KShotPcsnetDemo(KShotMixin, PcsnetDemo):
+class KShotFolder(AnomalousShotsMixin, KShotMixin, Folder):
+    """A ``Folder`` dataset whose training set is ``k_shot`` normal images chosen with ``k_shot_seed``.
+
+    Takes every argument of ``anomalib.data.Folder`` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`)
+    and ``anomalous_shots``, ``anomalous_shots_seed``, ``train_on_anomalous_shots`` (:class:`AnomalousShotsMixin`;
+    the defect types are the abnormal images' folders, and anomalous shots need ``mask_dir``).
+    """
+
+
+class KShotPcsnetDemo(AnomalousShotsMixin, KShotMixin, PcsnetDemo):
     """The offline demo data (:class:`PcsnetDemo`) with a ``k_shot`` training set chosen with ``k_shot_seed``.
 
     Validation is a seeded half of the test folder (``val_split_mode=from_test``), as in ``PcsnetDemo``.
 
-    Takes every argument of :class:`PcsnetDemo` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`).
+    Takes every argument of :class:`PcsnetDemo` plus ``k_shot`` and ``k_shot_seed`` (:class:`KShotMixin`) and
+    ``anomalous_shots``, ``anomalous_shots_seed``, ``train_on_anomalous_shots`` (:class:`AnomalousShotsMixin`).
     """

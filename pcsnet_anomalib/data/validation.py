@@ -1,9 +1,13 @@
-"""Check a datamodule's image and mask files before a run, so a broken file fails early and by name.
+"""Check a datamodule before a run: its image and mask files, and (for one-class models) a normal training set.
 
 anomalib reads images lazily inside the dataloader with ``PIL.Image.open(path).convert("RGB")``: a
 truncated PNG then fails mid-epoch with ``OSError: image file is truncated``, which does not say
 which file. Grayscale and RGBA images are fine (converted to RGB); 16-bit images are converted too,
 but PIL clips their values at 255, so they come out nearly white: this is reported as a warning.
+
+A model that learns from normal images only treats every training image as normal: labelled anomalies in its
+training set (``anomalous_shots`` of :mod:`pcsnet_anomalib.data.anomalous_shots`) would be learnt as normal,
+silently. :func:`check_normal_training_set` refuses them by name.
 """
 
 import logging
@@ -77,3 +81,23 @@ def check_datamodule_files(datamodule: Any, stage: str) -> None:
         if dataset is not None and hasattr(dataset, "samples"):
             paths += dataset_files(dataset)
     check_image_files(dict.fromkeys(paths))
+
+
+def check_normal_training_set(datamodule: Any, stage: str, model_name: str) -> None:
+    """When fitting, raise ``ValueError`` if the training set holds abnormal images (``model_name`` learns normality).
+
+    A no-op for other stages and for datamodules without an anomalib training set.
+    """
+    train_data = getattr(datamodule, "train_data", None)
+    samples = getattr(train_data, "samples", None)
+    if stage != "fit" or samples is None or "label_index" not in samples:
+        return
+    abnormal = sorted(str(path) for path in samples.image_path[samples.label_index == 1])
+    if abnormal:
+        msg = (
+            f"{model_name} learns from normal images only, but the training set holds {len(abnormal)} abnormal "
+            f"image(s) (e.g. {abnormal[0]}), which it would learn as normal. To score it on the same test images "
+            "as a model trained with anomalous shots, set train_on_anomalous_shots=False on the datamodule (the "
+            "images then leave test and validation without joining training); otherwise set anomalous_shots=0."
+        )
+        raise ValueError(msg)

@@ -129,4 +129,10 @@ def test_kshot_datamodule_forwards_augmentations_and_split_settings(mvtec_root: 
 def test_kshot_datamodule_records_its_choice_in_its_state(mvtec_root: Path) -> None:
     datamodule = KShotMVTecAD(root=mvtec_root, category="widget", k_shot=3, k_shot_seed=1, num_workers=0)
     datamodule.setup()
-    assert datamodule.state_dict() == {"k_shot": 3, "k_shot_seed": 1, "few_shot_paths": datamodule.few_shot_paths}
+    state = datamodule.state_dict()
+    assert {key: state[key] for key in ("k_shot", "k_shot_seed", "few_shot_paths")} == {
+        "k_shot": 3,
+        "k_shot_seed": 1,
+        "few_shot_paths": datamodule.few_shot_paths,
+    }
+    assert state["anomalous_shot_paths"] == []  # no anomalous shots by default (test_anomalous_shots.py)

@@ -27,7 +27,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
-from pcsnet_anomalib.data.validation import check_datamodule_files
+from pcsnet_anomalib.data.validation import check_datamodule_files, check_normal_training_set
 from pcsnet_anomalib.models.components import (
     IncompatibleCheckpointError,
     check_finite_loss,
@@ -206,9 +206,10 @@ class Pcsnet(AnomalibModule):
             raise IncompatibleCheckpointError(msg)
 
     def setup(self, stage: str) -> None:
-        """Check the image files of the stage; when fitting, resolve the pseudo-anomaly preset from the datamodule."""
+        """Check the stage's image files; when fitting, refuse abnormal training images and resolve the preset."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_datamodule_files(datamodule, stage)
+        check_normal_training_set(datamodule, stage, type(self).__name__)
         synthesizer = self.model.synthesizer
         if stage == "fit" and synthesizer.config is None:
             preset_name = preset_for_datamodule(datamodule) or DEFAULT_PRESET

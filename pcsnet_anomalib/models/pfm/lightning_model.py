@@ -27,7 +27,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Resize
 
-from pcsnet_anomalib.data.validation import check_datamodule_files
+from pcsnet_anomalib.data.validation import check_datamodule_files, check_normal_training_set
 from pcsnet_anomalib.models.components import IncompatibleCheckpointError, check_finite_loss, shape_differences
 
 from .loss import PfmLoss
@@ -167,9 +167,10 @@ class Pfm(AnomalibModule):
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
-        """Check the image files of the stage before any work is done."""
+        """Check the stage's image files, and refuse abnormal training images, before any work is done."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         check_datamodule_files(datamodule, stage)
+        check_normal_training_set(datamodule, stage, type(self).__name__)
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Map the normal images' features both ways at every level; the loss is the mean squared error."""
