@@ -197,13 +197,14 @@ class KShotBenchmarkJob(BenchmarkJob):
     With a ``result_path`` the job is resumable: a finished job's row is written there (JSON, atomically) and
     returned as it is by a later run instead of fitting again. ``latency_runs`` > 0 adds ``latency_ms``, the
     median time of a batch-1 forward pass of the fitted model (pre-processing, model, post-processing) on one
-    test image. ``heatmap_dir`` receives the anomaly map of the first test image of each defect type.
+    test image. ``heatmap_dir`` receives the anomaly map of the first test image of each defect type. A finished
+    job needs no ``model`` or ``datamodule`` (None): it only returns its stored row.
     """
 
     def __init__(
         self,
         accelerator: str,
-        model: AnomalibModule,
+        model: AnomalibModule | None,
         datamodule: Any,
         seed: int,
         flat_cfg: dict,
@@ -385,20 +386,24 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
             model_name = str(model_config["class_path"]).rsplit(".", 1)[-1]
             flat_cfg = flatten_dict(container)
             showcase_dir = self._showcase_dir(container, results_dir)
+            result_path = None if results_dir is None else results_dir / "jobs" / f"{job_name(flat_cfg)}.json"
+            # A finished job only returns its stored row: building its model and data (about a second each, with
+            # backbone weights) would make resuming a long grid slow.
+            finished = result_path is not None and result_path.is_file()
             # Models draw random numbers when built (PaDiM picks its feature subset): seeding here makes a job's
             # model depend on its seed only, not on which jobs were generated before it (serial or parallel).
             seed_everything(container["seed"])
             yield KShotBenchmarkJob(
                 accelerator=self.accelerator,
                 seed=container["seed"],
-                model=self.protocol.build_model(model_config),
-                datamodule=get_datamodule(container["data"]),
+                model=None if finished else self.protocol.build_model(model_config),
+                datamodule=None if finished else get_datamodule(container["data"]),
                 flat_cfg=flat_cfg,
                 trainer_args=self.protocol.trainer.get(
                     container["model"].get("label"), self.protocol.trainer.get(model_name)
                 ),
                 threads=self.threads,
-                result_path=None if results_dir is None else results_dir / "jobs" / f"{job_name(flat_cfg)}.json",
+                result_path=result_path,
                 latency_runs=self.protocol.latency_runs if showcase_dir is not None else 0,
                 heatmap_dir=showcase_dir,
             )
