@@ -227,14 +227,12 @@ class Prn(AnomalibModule):
     @torch.no_grad()
     def _fit_prototypes(self, normal_data: Any) -> None:
         """k-means of the normal images' backbone features, levels 1-3 (the labelled anomalies are left out)."""
-        levels: list[list[torch.Tensor]] = []
         loader = DataLoader(normal_data, batch_size=_FIT_BATCH_SIZE, collate_fn=normal_data.collate_fn)
-        for batch in loader:
-            features = self.model.backbone_features(self._preprocess(batch.image.to(self.device)))[:3]
-            levels = [[*previous, level] for previous, level in zip(levels, features, strict=True)] or [
-                [level] for level in features
-            ]
-        self.model.fit_prototypes([torch.cat(level) for level in levels], self.prototype_ratio, self.seed)
+        batches = [
+            self.model.backbone_features(self._preprocess(batch.image.to(self.device)))[:3] for batch in loader
+        ]
+        levels = [torch.cat(level) for level in zip(*batches, strict=True)]
+        self.model.fit_prototypes(levels, self.prototype_ratio, self.seed)
         logger.info(
             "Prn: %d prototypes per level from %d normal training images.",
             self.model.prototypes.memories[0].num_prototypes,
