@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut", "rocket", "immunohistochemistry")
 """``skimage.data`` photographs used as default textures (bundled with scikit-image: nothing downloads)."""
 _SEED_BOUND = 2**62
+_PERLIN_CONSTRUCTION_SEED = 0
 
 
 class Kind:
@@ -148,7 +149,9 @@ class PrnAnomalyGenerator(SeededModule):
                 msg = f"anomaly_source_path {source} is not a folder of texture images."
                 raise ValueError(msg)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(_SEED_BOUND, (1,), generator=self.generator)))
+                # One draw at construction (its solarize threshold): fixed, so it is the same in every run and after
+                # a checkpoint is loaded, and the module's stream does not depend on when the generator is built.
+                torch.manual_seed(_PERLIN_CONSTRUCTION_SEED)
                 self._perlin = PerlinAnomalyGenerator(
                     anomaly_source_path=source, probability=1.0, blend_factor=(0.2, 1.0)
                 )
