@@ -96,7 +96,7 @@ def test_unseen_anomalies_have_masks_and_without_a_bank_replace_seen_ones(textur
 
 def test_proportions_are_two_to_one_to_one(textures: Path) -> None:
     generator = _generator(textures, reuse_times=0)
-    draws = torch.tensor([generator._choose() for _ in range(4000)])  # noqa: SLF001
+    draws = torch.tensor([generator._choose() for _ in range(4000)])
     normal, seen = (draws == Kind.NORMAL).float().mean(), (draws == Kind.SEEN_PASTED).float().mean()
     assert normal.item() == pytest.approx(0.5, abs=0.03)
     assert seen.item() == pytest.approx(0.25, abs=0.03)

@@ -152,6 +152,7 @@ def test_score_is_the_mean_of_the_top_pixels() -> None:
     generator = AnomalyMapGenerator(topk_fraction=2 / 16)
     logits = torch.arange(16.0).view(1, 1, 4, 4)
     anomaly_map, score = generator(logits)
+    torch.testing.assert_close(anomaly_map, torch.sigmoid(logits))
     torch.testing.assert_close(score, torch.sigmoid(torch.tensor([14.0, 15.0])).mean().view(1))
     assert generator.top_k(256, 256) == 8192
     assert AnomalyMapGenerator().top_k(256, 256) == 100
@@ -159,7 +160,7 @@ def test_score_is_the_mean_of_the_top_pixels() -> None:
 
 @pytest.mark.parametrize("size", [192, 100, 0])
 def test_unsupported_input_sizes_are_refused_at_construction(size: int) -> None:
-    with pytest.raises(ValueError, match="multiple of 128|positive int"):
+    with pytest.raises(ValueError, match=r"multiple of 128|positive int"):
         PrnModel(**{**TINY, "input_size": size})
 
 

@@ -228,9 +228,7 @@ class Prn(AnomalibModule):
     def _fit_prototypes(self, normal_data: Any) -> None:
         """k-means of the normal images' backbone features, levels 1-3 (the labelled anomalies are left out)."""
         loader = DataLoader(normal_data, batch_size=_FIT_BATCH_SIZE, collate_fn=normal_data.collate_fn)
-        batches = [
-            self.model.backbone_features(self._preprocess(batch.image.to(self.device)))[:3] for batch in loader
-        ]
+        batches = [self.model.backbone_features(self._preprocess(batch.image.to(self.device)))[:3] for batch in loader]
         levels = [torch.cat(level) for level in zip(*batches, strict=True)]
         self.model.fit_prototypes(levels, self.prototype_ratio, self.seed)
         logger.info(
