@@ -17,7 +17,7 @@ which also trains on labelled anomalies, reports ``ONE_CLASS`` for the same reas
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Compose, Resize
 
 from pcsnet_anomalib.data.validation import check_datamodule_files
-from pcsnet_anomalib.models.components import IncompatibleCheckpointError, check_finite_loss, shape_differences
+from pcsnet_anomalib.models.components import ArchitectureCheckpointMixin, check_finite_loss
 
 from .anomaly_generator import Kind, PrnAnomalyGenerator
 from .loss import PrnLoss
@@ -45,11 +45,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "prn"
 CHECKPOINT_FORMAT = 1
-_DYNAMIC_BUFFERS = ("model.prototypes.",)  # sized at training time (K prototypes); shapes come from the checkpoint
 _FIT_BATCH_SIZE = 8  # images per backbone pass when fitting the prototypes
 
 
-class Prn(AnomalibModule):
+class Prn(ArchitectureCheckpointMixin, AnomalibModule):
     """PRN: prototypical residuals, multi-scale fusion and multi-size self-attention, trained with a few anomalies.
 
     Defaults follow ``PRN.md`` §12 (the unofficial code's values; the paper's are unknown): ResNet-18 with
@@ -72,6 +71,11 @@ class Prn(AnomalibModule):
     Raises:
         ValueError: ``input_size`` is not a multiple of 128, or another argument is out of range.
     """
+
+    checkpoint_key = CHECKPOINT_KEY
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_writer = "Prn"
+    sized_at_training = ("model.prototypes.",)  # K prototypes per level, set by the training set's size
 
     def __init__(
         self,
@@ -152,7 +156,8 @@ class Prn(AnomalibModule):
         kwargs.setdefault("backbone_weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    def _architecture(self) -> dict[str, Any]:
+    def architecture(self) -> dict[str, Any]:
+        """The settings that define the model's tensors, saved in checkpoints."""
         return {
             "model": type(self).__name__,
             "backbone": self.hparams.get("backbone"),
@@ -162,29 +167,13 @@ class Prn(AnomalibModule):
             "share_fusion": self.hparams.get("share_fusion"),
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the architecture beside the state dict, for :meth:`on_load_checkpoint`'s check."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, **self._architecture()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, by name, a checkpoint of another model or architecture, before Lightning loads its tensors."""
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None or saved.get("format") != CHECKPOINT_FORMAT:
-            msg = (
-                f"This checkpoint was not written by Prn (format {CHECKPOINT_FORMAT}); its hyper-parameters are "
-                f"{sorted(checkpoint.get('hyper_parameters', {}))}: load it with the model class that trained it."
-            )
-            raise IncompatibleCheckpointError(msg)
-        problems = shape_differences(self.state_dict(), checkpoint.get("state_dict", {}), _DYNAMIC_BUFFERS)
-        if problems or bool(saved.get("share_fusion")) != bool(self.hparams.get("share_fusion")):
-            msg = (
-                f"The checkpoint's architecture is {saved}, this model's is {self._architecture()} "
-                f"({len(problems)} tensors differ; first: {'; '.join(problems[:3])}). Build the model with the "
-                "checkpoint's settings, e.g. Prn.load_from_checkpoint(path)."
-            )
-            raise IncompatibleCheckpointError(msg)
-        super().on_load_checkpoint(checkpoint)
+    def architecture_differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """Shared fusion: one MSF block fewer, but its absence shows only as missing tensors; named here."""
+        if bool(saved.get("share_fusion")) == bool(self.hparams.get("share_fusion")):
+            return []
+        return [
+            f"share_fusion differs (checkpoint {saved.get('share_fusion')}, model {self.hparams.get('share_fusion')})"
+        ]
 
     def _check_pre_processor(self) -> None:
         """Raise ``ValueError`` if the pre-processor does not produce the model's square input size."""
