@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pcsnet_anomalib.models.prn import Kind, PrnAnomalyGenerator, default_texture_folder
+from pcsnet_anomalib.models.prn.seen_augmenter import augment_seen
 
 SIZE = 32
 
@@ -62,10 +63,23 @@ def test_seen_anomalies_use_the_real_masks(textures: Path) -> None:
         if kind == Kind.SEEN_DIRECT:  # a bank anomaly as it is
             assert any(torch.equal(mask, bank) for bank in bank_masks)
             assert any(torch.equal(image, bank) for bank in bank_images)
-        else:  # a rotated / flipped bank mask, pasted where the mask is set and nowhere else
-            assert mask.sum() in {bank.sum() for bank in bank_masks}
+        else:  # an augmented bank anomaly, pasted where its (non-empty) mask is set and nowhere else
+            assert mask.any()
             assert torch.equal(image[:, mask[0] == 0], source[:, mask[0] == 0])
             assert not torch.equal(image[:, mask[0] == 1], source[:, mask[0] == 1])
+
+
+def test_the_seen_augmenter_is_seeded_and_keeps_a_defect() -> None:
+    images, masks = _bank()
+    for seed in range(20):
+        image, mask = augment_seen(images[1], masks[1], torch.Generator().manual_seed(seed))
+        again = augment_seen(images[1], masks[1], torch.Generator().manual_seed(seed))
+        assert torch.equal(image, again[0])
+        assert torch.equal(mask, again[1])
+        assert mask.any()
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert image.shape == images[1].shape
+        assert 0 <= image.min() <= image.max() <= 1
 
 
 def test_direct_reuse_share_follows_reuse_times(textures: Path) -> None:

@@ -6,9 +6,9 @@ per batch (``PRN.md`` §5, §11.2). Real anomalies of the batch (label 1, with t
 
 - Seen: with probability ``p_direct = min(1, reuse_times * m / (N // 2))`` a real anomaly of the bank (the m
   labelled anomalies of the training set) replaces the image as it is (U loads ``reuse_times * m`` of its
-  ``N // 2`` seen items directly); otherwise a real anomaly and its mask, jointly rotated by a multiple of 90
-  degrees and flipped, with a brightness/contrast jitter on the image, are pasted onto the normal image where the
-  mask is set (hard paste, U's "extended" anomalies; see the README for the simplifications).
+  ``N // 2`` seen items directly); otherwise a real anomaly and its mask, augmented by 3 of U's 10 operations
+  (:func:`~.seen_augmenter.augment_seen`), are pasted onto the normal image where the mask is set (hard paste, in
+  place: U's "extended" anomalies without its foreground placement, see the README).
 - Unseen: anomalib's ``PerlinAnomalyGenerator`` (DRAEM's recipe, as U) with ``probability=1`` and the texture
   weight in ``[0.2, 1)``; the base image is first rotated by U(-90, 90) degrees with probability 0.3 (U). Textures
   come from ``anomaly_source_path`` (e.g. DTD, as DRAEM's argument) or, by default, from the photographs that ship
@@ -33,6 +33,8 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pcsnet_anomalib.data.demo import resolve_demo_root
 from pcsnet_anomalib.models.components import SeededModule
+
+from .seen_augmenter import augment_seen
 
 logger = logging.getLogger(__name__)
 
@@ -177,15 +179,7 @@ class PrnAnomalyGenerator(SeededModule):
         mask = self.seen_masks[index].to(image.device, image.dtype)
         if kind == Kind.SEEN_DIRECT:
             return anomaly, mask
-        quarter_turns, flip_h, flip_v = (int(value) for value in torch.randint(0, 4, (3,), generator=self.generator))
-        brightness, contrast = (0.8 + 0.4 * torch.rand(2, generator=self.generator)).tolist()
-        joint = torch.cat([anomaly, mask], dim=0).rot90(quarter_turns, dims=(-2, -1))
-        if flip_h % 2:
-            joint = joint.flip(-1)
-        if flip_v % 2:
-            joint = joint.flip(-2)
-        anomaly, mask = joint[:3], joint[3:]
-        anomaly = TF.adjust_contrast(TF.adjust_brightness(anomaly, brightness), contrast).clamp(0, 1)
+        anomaly, mask = augment_seen(anomaly, mask, self.generator)
         return image * (1 - mask) + anomaly * mask, mask
 
     def _unseen(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
