@@ -78,6 +78,10 @@ def test_fit_with_real_anomalies(
     )
     assert torch.equal(generator.seen_masks, (expected > 0.5).float())
 
+    # The paper's pixel metrics beside anomalib's defaults.
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"} <= set(metrics)
+
     # A Lightning checkpoint restores the prototypes and continues the generator's random stream.
     checkpoint = tmp_path / "prn.ckpt"
     engine.trainer.save_checkpoint(checkpoint)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import Evaluator
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -148,6 +148,20 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to ``image_size`` (256 x 256); the model normalises, so anomalies are generated on [0, 1] images."""
         return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Test metrics: anomalib's defaults plus the paper's pixel AUPRO (FPR up to 0.3) and pixel AP (AUPR)."""
+        return Evaluator(
+            test_metrics=[
+                AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+                F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+                F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+                AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            ]
+        )
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "Prn":
