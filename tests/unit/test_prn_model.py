@@ -1,6 +1,7 @@
 """PRN's torch pieces: shapes through each block, prototypes, matching, residuals, loss values, clear errors."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -184,3 +185,29 @@ def test_other_arguments_are_checked() -> None:
         PrnLoss(l1_kind="l2")
     with pytest.raises(ValueError, match="prototype_ratio"):
         Prn(**TINY, prototype_ratio=0.0)
+
+
+def test_resnet18_at_256_has_the_spec_shapes_at_every_stage() -> None:
+    """``PRN.md`` §2: levels 64x64x64 ... 512x8x8, concatenations 128/256/512 channels, a 1 x 256 x 256 logit map."""
+    model = PrnModel(backbone="resnet18", pre_trained=False, input_size=256, msa_layers=1)
+    images = torch.rand(1, 3, 256, 256)
+    model.fit_prototypes(model.backbone_features(images)[:3], ratio=1.0, seed=0)
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+
+    def record(name: str) -> Callable[[torch.nn.Module, object, object], None]:
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            outputs = output if isinstance(output, list) else [output]
+            shapes[name] = [tuple(tensor.shape[1:]) for tensor in outputs]
+
+        return hook
+
+    model.fuse_attended.register_forward_hook(record("fused"))
+    for index, stack in enumerate(model.attention):
+        stack.register_forward_hook(record(f"attention_{index}"))
+    inputs = model.prototype_features(images)
+    assert [tuple(level.shape[1:]) for level in inputs.features] == [(64, 64, 64), (128, 32, 32), (256, 16, 16)]
+    assert tuple(inputs.bottleneck.shape[1:]) == (512, 8, 8)
+    model.eval()
+    assert model(images).anomaly_map.shape == (1, 1, 256, 256)
+    assert [shapes[f"attention_{index}"][0] for index in range(3)] == [(128, 64, 64), (256, 32, 32), (512, 16, 16)]
+    assert shapes["fused"] == [(128, 64, 64), (256, 32, 32), (512, 16, 16)]
