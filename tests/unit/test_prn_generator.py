@@ -82,6 +82,25 @@ def test_the_seen_augmenter_is_seeded_and_keeps_a_defect() -> None:
         assert 0 <= image.min() <= image.max() <= 1
 
 
+def test_pasted_defects_off_the_object_move_onto_it(textures: Path) -> None:
+    """A bright object on the left half of a dark image: a defect on the right half is moved onto the object."""
+    generator = _generator(textures, p_normal=0.0, p_seen=1.0, p_unseen=0.0, reuse_times=0)
+    generator.set_background((0.0, 60.0))  # object: mean brightness more than 60 (of 255) above black
+    images = torch.zeros(8, 3, SIZE, SIZE)
+    images[:, :, :, : SIZE // 2] = 0.8
+    bank_images, bank_masks = _bank()
+    bank_masks = torch.zeros_like(bank_masks)
+    bank_masks[:, :, 10:16, 24:30] = 1  # on the background
+    generator.set_seen_bank(bank_images, bank_masks, num_normal=8)
+    _, masks, kinds = generator(images, torch.zeros(8, 1, SIZE, SIZE), torch.zeros(8, dtype=torch.long))
+    assert (kinds == Kind.SEEN_PASTED).all()
+    on_object = masks[:, 0, :, : SIZE // 2].flatten(1).sum(1) / masks.flatten(1).sum(1)
+    assert (on_object > 2 / 3).all(), on_object
+    generator.seen_in_foreground = False
+    _, masks, _ = generator(images, torch.zeros(8, 1, SIZE, SIZE), torch.zeros(8, dtype=torch.long))
+    assert (masks[:, 0, :, : SIZE // 2].flatten(1).sum(1) / masks.flatten(1).sum(1) < 2 / 3).any()
+
+
 def test_direct_reuse_share_follows_reuse_times(textures: Path) -> None:
     generator = _generator(textures, reuse_times=1)  # 1 * 2 anomalies / (8 // 2) normal = 0.5
     assert generator.p_direct == pytest.approx(0.5)

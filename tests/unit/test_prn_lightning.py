@@ -39,8 +39,10 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_mvtec_dataset(tmp_path_factory.mktemp("prn_data"), n_train=N_NORMAL, n_test_good=2, n_test_defect=4)
 
 
-def _fit(root: Path, project: Path, anomalous_shots: int, textures: Path) -> tuple[Prn, KShotMVTecAD, Engine]:
-    model = _prn(anomaly_source_path=textures)
+def _fit(
+    root: Path, project: Path, anomalous_shots: int, textures: Path, **kwargs: object
+) -> tuple[Prn, KShotMVTecAD, Engine]:
+    model = _prn(anomaly_source_path=textures, **kwargs)
     datamodule = KShotMVTecAD(
         root=root, category="widget", k_shot=None, anomalous_shots=anomalous_shots, train_batch_size=2, num_workers=0
     )
@@ -59,11 +61,14 @@ def test_fit_with_real_anomalies(
     dataset_root: Path, textures: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        model, datamodule, engine = _fit(dataset_root, tmp_path, anomalous_shots=2, textures=textures)
+        model, datamodule, engine = _fit(
+            dataset_root, tmp_path, anomalous_shots=2, textures=textures, foreground_preset="mvtec_ad/bottle"
+        )
     assert "no labelled anomalies" not in caplog.text
     assert len(datamodule.train_data) == N_NORMAL + 2
     # Prototypes come from the normal rows only: K = N (ratio 1) counts the 5 normal images, not the 2 anomalies.
     assert [memory.num_prototypes for memory in model.model.prototypes.memories] == [N_NORMAL] * 3
+    assert model.anomaly_generator.background == (200.0, 60.0)  # the preset's object mask for seen anomalies
     # The seen bank holds the two real anomalies with their ground-truth masks, resized like the batches.
     generator = model.anomaly_generator
     assert generator.seen_masks is not None
@@ -104,6 +109,7 @@ def test_fit_without_real_anomalies_warns_unseen_only(
     assert "no labelled anomalies" in caplog.text
     assert "unseen" in caplog.text
     assert not model.anomaly_generator.has_seen_bank
+    assert model.anomaly_generator.background is None  # no preset for this dataset: the whole image is foreground
     assert model.model.prototypes.is_fitted
 
 

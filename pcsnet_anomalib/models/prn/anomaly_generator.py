@@ -7,8 +7,9 @@ per batch (``PRN.md`` §5, §11.2). Real anomalies of the batch (label 1, with t
 - Seen: with probability ``p_direct = min(1, reuse_times * m / (N // 2))`` a real anomaly of the bank (the m
   labelled anomalies of the training set) replaces the image as it is (U loads ``reuse_times * m`` of its
   ``N // 2`` seen items directly); otherwise a real anomaly and its mask, augmented by 3 of U's 10 operations
-  (:func:`~.seen_augmenter.augment_seen`), are pasted onto the normal image where the mask is set (hard paste, in
-  place: U's "extended" anomalies without its foreground placement, see the README).
+  (:func:`~.seen_augmenter.augment_seen`), are pasted onto the normal image where the mask is set (hard paste: U's
+  "extended" anomalies); a defect that falls mostly off the normal image's object is first moved onto it (the
+  object mask of the category's Pcsnet preset ``background``, :func:`object_mask`; textures: the whole image).
 - Unseen: anomalib's ``PerlinAnomalyGenerator`` (DRAEM's recipe, as U) with ``probability=1`` and the texture
   weight in ``[0.2, 1)``; the base image is first rotated by U(-90, 90) degrees with probability 0.3 (U). Textures
   come from ``anomaly_source_path`` (e.g. DTD, as DRAEM's argument) or, by default, from the photographs that ship
@@ -33,6 +34,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from pcsnet_anomalib.data.demo import resolve_demo_root
 from pcsnet_anomalib.models.components import SeededModule
+from pcsnet_anomalib.models.pcsnet.synthesis import object_mask
 
 from .seen_augmenter import augment_seen
 
@@ -42,6 +44,8 @@ SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut"
 """``skimage.data`` photographs used as default textures (bundled with scikit-image: nothing downloads)."""
 _SEED_BOUND = 2**62
 _PERLIN_CONSTRUCTION_SEED = 0
+ON_FOREGROUND = 2 / 3
+"""U pastes a defect in place when more than this share of its mask falls on the normal image's foreground."""
 
 
 class Kind:
@@ -84,6 +88,8 @@ class PrnAnomalyGenerator(SeededModule):
         reuse_times: U's number of direct reuses of each real anomaly per epoch (sets ``p_direct``).
         unseen_rotation_probability: probability of rotating an unseen anomaly's base image (0.3 in U).
         anomaly_source_path: folder of texture images for unseen anomalies (e.g. DTD); ``None`` = scikit-image's.
+        seen_in_foreground: move pasted defects onto the normal image's object when they fall mostly off it (needs
+            :attr:`background`, set by :meth:`set_background`; without one the whole image is foreground).
 
     Raises:
         ValueError: probabilities outside [0, 1] or not summing to 1, or ``reuse_times < 0``.
@@ -98,6 +104,7 @@ class PrnAnomalyGenerator(SeededModule):
         reuse_times: int = 5,
         unseen_rotation_probability: float = 0.3,
         anomaly_source_path: str | Path | None = None,
+        seen_in_foreground: bool = True,
     ) -> None:
         super().__init__(seed)
         probabilities = (p_normal, p_seen, p_unseen, unseen_rotation_probability)
@@ -114,6 +121,8 @@ class PrnAnomalyGenerator(SeededModule):
         self.reuse_times = reuse_times
         self.unseen_rotation_probability = unseen_rotation_probability
         self.anomaly_source_path = anomaly_source_path
+        self.seen_in_foreground = seen_in_foreground
+        self.background: tuple[float, float] | None = None
         self.seen_images: torch.Tensor | None = None
         self.seen_masks: torch.Tensor | None = None
         self.p_direct = 0.0
@@ -138,6 +147,46 @@ class PrnAnomalyGenerator(SeededModule):
             raise ValueError(msg)
         self.seen_images, self.seen_masks = images, (masks > 0.5).to(images.dtype)
         self.p_direct = min(1.0, self.reuse_times * images.shape[0] / max(1, num_normal // 2))
+
+    def set_background(self, background: tuple[float, float] | None) -> None:
+        """Background ``(brightness, threshold)`` (0-255, as :func:`object_mask` takes it); ``None``: all foreground."""
+        self.background = None if background is None else (float(background[0]), float(background[1]))
+
+    def _place_on_foreground(
+        self, normal: torch.Tensor, anomaly: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a defect onto the normal image's object when at most 2/3 of it lies there (U's rule, ``PRN.md`` §5.2).
+
+        The whole defect moves so that its centroid lands on a random foreground point inside the box inset by half
+        the defect's height and width (U moves each connected component separately). No foreground point: in place.
+        """
+        if not self.seen_in_foreground or self.background is None:
+            return anomaly, mask
+        foreground = object_mask(normal[None], self.background)[0]
+        defect = mask[0] > 0.5
+        if (defect & foreground).sum() > ON_FOREGROUND * defect.sum():
+            return anomaly, mask
+        rows, cols = defect.nonzero(as_tuple=True)
+        half_height = int(rows.max() - rows.min()) // 2 + 1
+        half_width = int(cols.max() - cols.min()) // 2 + 1
+        inside = torch.zeros_like(foreground)
+        inside[half_height : foreground.shape[0] - half_height, half_width : foreground.shape[1] - half_width] = True
+        targets = (foreground & inside).nonzero()
+        if targets.shape[0] == 0:
+            return anomaly, mask
+        target = targets[int(torch.randint(targets.shape[0], (1,), generator=self.generator))]
+        shift = [int(target[1]) - round(float(cols.float().mean())), int(target[0]) - round(float(rows.float().mean()))]
+        moved = TF.affine(
+            torch.cat([anomaly, mask], dim=0),
+            angle=0.0,
+            translate=shift,
+            scale=1.0,
+            shear=[0.0, 0.0],
+            interpolation=TF.InterpolationMode.NEAREST,
+        )
+        if not moved[3:].any():
+            return anomaly, mask
+        return moved[:3], moved[3:]
 
     def perlin(self) -> PerlinAnomalyGenerator:
         """Anomalib's Perlin generator over the texture folder (built on first use; construction draws randomly)."""
@@ -180,6 +229,7 @@ class PrnAnomalyGenerator(SeededModule):
         if kind == Kind.SEEN_DIRECT:
             return anomaly, mask
         anomaly, mask = augment_seen(anomaly, mask, self.generator)
+        anomaly, mask = self._place_on_foreground(image, anomaly, mask)
         return image * (1 - mask) + anomaly * mask, mask
 
     def _unseen(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from torchvision.transforms.v2 import Compose, Resize
 
 from pcsnet_anomalib.data.validation import check_datamodule_files
 from pcsnet_anomalib.models.components import ArchitectureCheckpointMixin, check_finite_loss
+from pcsnet_anomalib.models.pcsnet.synthesis_presets import load_preset, preset_for_datamodule
 
 from .anomaly_generator import Kind, PrnAnomalyGenerator
 from .loss import PrnLoss
@@ -62,8 +63,12 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
         prototype_ratio: prototypes per level as a fraction of the normal training images (at least one).
         seed: seeds the initial weights, the k-means and the anomaly generator (each its own stream; the
             generator's state is saved in checkpoints); torch's global RNG is not used or changed.
-        p_normal, p_seen, p_unseen, reuse_times, unseen_rotation_probability, anomaly_source_path: see
-            :class:`PrnAnomalyGenerator` (``anomaly_source_path``: a texture folder such as DTD, like DRAEM's).
+        p_normal, p_seen, p_unseen, reuse_times, unseen_rotation_probability, anomaly_source_path,
+            seen_in_foreground: see :class:`PrnAnomalyGenerator` (``anomaly_source_path``: a texture folder such as
+            DTD, like DRAEM's).
+        foreground_preset: the Pcsnet synthesis preset (``"<dataset>/<category>"``) whose ``background`` defines the
+            object of the normal images for seen anomalies; ``None`` takes the datamodule's dataset and category
+            when a preset exists (e.g. ``mvtec_ad/bottle``), else the whole image is foreground.
         learning_rate, weight_decay: Adam's (coupled weight decay, as U).
         focal_weight, focal_gamma, focal_alpha, l1_kind: see :class:`PrnLoss`.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
@@ -95,6 +100,8 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
         reuse_times: int = 5,
         unseen_rotation_probability: float = 0.3,
         anomaly_source_path: str | Path | None = None,
+        seen_in_foreground: bool = True,
+        foreground_preset: str | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-2,
         focal_weight: float = 5.0,
@@ -139,7 +146,9 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
             reuse_times=reuse_times,
             unseen_rotation_probability=unseen_rotation_probability,
             anomaly_source_path=anomaly_source_path,
+            seen_in_foreground=seen_in_foreground,
         )
+        self.foreground_preset = foreground_preset
         self.loss = PrnLoss(
             focal_weight=focal_weight, focal_gamma=focal_gamma, focal_alpha=focal_alpha, l1_kind=l1_kind
         )
@@ -226,6 +235,9 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
         if not self.model.prototypes.is_fitted:
             self._fit_prototypes(train_data.subsample(normal))
         self._load_seen_bank(train_data, abnormal, len(normal))
+        preset = self.foreground_preset or preset_for_datamodule(self.trainer.datamodule)
+        self.anomaly_generator.set_background(load_preset(preset).background if preset else None)
+        logger.info("Prn: seen anomalies' foreground from preset %s.", preset or "none (the whole image)")
 
     @torch.no_grad()
     def _fit_prototypes(self, normal_data: Any) -> None:
