@@ -104,8 +104,12 @@ def test_fit_with_real_anomalies(
 def test_fit_without_real_anomalies_warns_unseen_only(
     dataset_root: Path, textures: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    backbone = {name: tensor.clone() for name, tensor in _prn().model.feature_extractor.state_dict().items()}
     with caplog.at_level(logging.WARNING):
         model, _, _ = _fit(dataset_root, tmp_path, anomalous_shots=0, textures=textures)
+    # The frozen backbone (weights and BatchNorm statistics) is unchanged by training: U's train-mode drift is gone.
+    trained = model.model.feature_extractor.state_dict()
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in backbone.items())
     assert "no labelled anomalies" in caplog.text
     assert "unseen" in caplog.text
     assert not model.anomaly_generator.has_seen_bank

@@ -104,6 +104,15 @@ def test_matching_is_the_brute_force_nearest_prototype(model: PrnModel) -> None:
         torch.testing.assert_close(chosen, expected)
 
 
+def test_shared_fusion_is_one_block_for_features_and_residuals() -> None:
+    separate, shared = PrnModel(**TINY, msa_layers=1), PrnModel(**TINY, msa_layers=1, share_fusion=True)
+    assert shared.fuse_residuals is shared.fuse_features
+    assert separate.fuse_residuals is not separate.fuse_features
+    fusion_parameters = sum(parameter.numel() for parameter in separate.fuse_residuals.parameters())
+    count = sum(parameter.numel() for parameter in separate.parameters())
+    assert sum(parameter.numel() for parameter in shared.parameters()) == count - fusion_parameters
+
+
 def test_residual_of_a_prototype_is_zero() -> None:
     model = PrnModel(**TINY, msa_layers=1)
     images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
