@@ -1,4 +1,4 @@
-"""pcsnet-anomalib: anomaly detection models anomalib lacks, as an anomalib plugin (PCSNet, PFM, PEFM).
+"""pcsnet-anomalib: anomaly detection models anomalib lacks, as an anomalib plugin (PCSNet, PFM, PEFM, PRN).
 
 Layers, each importing only from those before it: ``data`` (datamodules, the k-shot and anomalous-shots
 protocols) <- ``models`` <- ``callbacks`` (opt-in, for any anomalib model) <- ``benchmark`` (behind the
@@ -23,6 +23,8 @@ from pcsnet_anomalib.models import (
     Pefm,
     Pfm,
     PfmModel,
+    Prn,
+    PrnModel,
     load_preset,
 )
 
@@ -41,6 +43,8 @@ __all__ = [
     "Pfm",
     "PfmModel",
     "PredictionWriter",
+    "Prn",
+    "PrnModel",
     "ThresholdCalibration",
     "load_preset",
     "select_anomalous_shots",

@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "Pcsnet": "pcsnet_anomalib.models:Pcsnet",
     "Pfm": "pcsnet_anomalib.models:Pfm",
     "Pefm": "pcsnet_anomalib.models:Pefm",
+    "Prn": "pcsnet_anomalib.models:Prn",
 }
 """Name set on ``anomalib.models`` -> ``module:attribute`` of an ``AnomalibModule`` subclass."""
 

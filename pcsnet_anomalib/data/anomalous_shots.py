@@ -1,8 +1,8 @@
 """The few-real-anomalies protocol as a data concern: m labelled test anomalies, with their masks, move to training.
 
-PRN (and DRA, BGAD) train with a handful of real anomalies: m = 10 abnormal test images per category,
-stratified over the defect types, whose ground-truth masks are used for training. They must then leave the
-test set (and the validation set), or the model is scored on the images it learnt from.
+PRN (this package's ``Prn``; also DRA, BGAD) train with a handful of real anomalies: m = 10 abnormal test images
+per category, stratified over the defect types, whose ground-truth masks are used for training. They must then
+leave the test set (and the validation set), or the model is scored on the images it learnt from.
 :func:`select_anomalous_shots` is the one selection rule, a pure function of the test set's abnormal image
 paths (as a set), m and the seed; :class:`AnomalousShotsMixin` adds it to any anomalib datamodule.
 

@@ -1,6 +1,7 @@
 """Checks every model of the package makes: finite losses, and checkpoints of the model's own architecture."""
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -48,3 +49,61 @@ def shape_differences(
         if have.get(name, shape) != shape
     ]
     return sorted(problems)
+
+
+class ArchitectureCheckpointMixin:
+    """Lightning hooks that record a model's architecture in its checkpoints and refuse other models' checkpoints.
+
+    Put it before ``AnomalibModule`` in the bases. ``on_save_checkpoint`` writes ``{"format": checkpoint_format,
+    **architecture()}`` under ``checkpoint_key``; ``on_load_checkpoint`` (before Lightning loads any tensor) raises
+    :class:`IncompatibleCheckpointError` when that section is missing or of another format, when
+    :meth:`architecture_differences` names a setting no tensor shape shows, or when the torch-model tensors'
+    shapes differ (:func:`shape_differences`, leaving out ``sized_at_training``), so a wrong checkpoint fails with
+    a message naming both architectures instead of a list of mismatched tensors.
+    """
+
+    checkpoint_key: str
+    checkpoint_format: int
+    checkpoint_writer: str  # who writes such checkpoints, for the message ("Pfm or Pefm")
+    sized_at_training: tuple[str, ...] = ()
+
+    def architecture(self) -> dict[str, Any]:
+        """The settings that define the model's tensors, saved with the checkpoint (``"model"``: the class name)."""
+        raise NotImplementedError
+
+    def architecture_differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """Differences from the ``saved`` architecture that the tensors' shapes do not show (none by default)."""
+        del saved
+        return []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the architecture beside the state dict, for :meth:`on_load_checkpoint`'s check."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint[self.checkpoint_key] = {"format": self.checkpoint_format, **self.architecture()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, by name, a checkpoint of another model or of another architecture, before loading tensors."""
+        saved = checkpoint.get(self.checkpoint_key)
+        if saved is None or saved.get("format") != self.checkpoint_format:
+            msg = (
+                f"This checkpoint was not written by {self.checkpoint_writer} (format {self.checkpoint_format}); its "
+                f"hyper-parameters are {sorted(checkpoint.get('hyper_parameters', {}))}: load it with the model class "
+                "that trained it."
+            )
+            raise IncompatibleCheckpointError(msg)
+        differences = self.architecture_differences(saved)
+        problems = shape_differences(
+            self.state_dict(),  # type: ignore[attr-defined]
+            checkpoint.get("state_dict", {}),
+            self.sized_at_training,
+        )
+        if problems:
+            differences.append(f"{len(problems)} tensors differ (first: {'; '.join(problems[:3])})")
+        if differences:
+            msg = (
+                f"The checkpoint's architecture is {saved}, this model's is {self.architecture()}: "
+                f"{'; '.join(differences)}. Build the model with the checkpoint's settings, e.g. "
+                f"{saved.get('model', type(self).__name__)}.load_from_checkpoint(path)."
+            )
+            raise IncompatibleCheckpointError(msg)
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]

@@ -39,9 +39,13 @@ class PrototypeMemory(DynamicBufferMixin):
 
     def set_prototypes(self, mean_descriptor: torch.Tensor) -> None:
         """Store the per-position mean descriptor ``(C, H, W)`` as ``H*W`` prototypes."""
-        prototypes = mean_descriptor.flatten(1).transpose(0, 1).contiguous()
-        self.prototypes = prototypes.detach()
-        self.prototype_sq_norms = prototypes.pow(2).sum(dim=1).detach()
+        self.set_vectors(mean_descriptor.flatten(1).transpose(0, 1))
+
+    def set_vectors(self, prototypes: torch.Tensor) -> None:
+        """Store ``prototypes (N, C)`` as they are (e.g. k-means centroids of whole flattened feature maps)."""
+        prototypes = prototypes.detach().contiguous()
+        self.prototypes = prototypes
+        self.prototype_sq_norms = prototypes.pow(2).sum(dim=1)
 
     def distances(self, descriptor: torch.Tensor) -> torch.Tensor:
         """Euclidean distances ``(B, H*W, N)`` from each position of ``descriptor (B, C, H, W)`` to all prototypes."""
@@ -53,6 +57,11 @@ class PrototypeMemory(DynamicBufferMixin):
         query_sq_norms, partial = self._partial_squared_distances(descriptor)
         smallest = torch.topk(partial, count, dim=-1, largest=False).values
         return _to_distances(smallest + query_sq_norms)
+
+    def nearest_indices(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """Index ``(B, H*W)`` of the nearest prototype of each position of ``descriptor``."""
+        _, partial = self._partial_squared_distances(descriptor)
+        return partial.argmin(dim=-1)
 
     def _partial_squared_distances(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``|f|^2`` ``(B, HW, 1)`` of the queries of ``descriptor`` and ``|c|^2 - 2 f.c`` ``(B, HW, N)``."""

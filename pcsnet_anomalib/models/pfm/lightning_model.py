@@ -13,7 +13,7 @@ or 16 (PEFM): a trainer and a datamodule setting (``configs/pfm_mvtec_ad.yaml``,
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Resize
 
 from pcsnet_anomalib.data.validation import check_datamodule_files, check_normal_training_set
-from pcsnet_anomalib.models.components import IncompatibleCheckpointError, check_finite_loss, shape_differences
+from pcsnet_anomalib.models.components import ArchitectureCheckpointMixin, check_finite_loss
 
 from .loss import PfmLoss
 from .torch_model import PfmModel, PfmTrainingOutput
@@ -36,12 +36,12 @@ from .torch_model import PfmModel, PfmTrainingOutput
 logger = logging.getLogger(__name__)
 
 # What Pfm/Pefm add to a Lightning checkpoint beside the state dict: the architecture, to refuse another
-# model's checkpoint by name.
+# model's checkpoint by name (ArchitectureCheckpointMixin).
 CHECKPOINT_KEY = "pfm"
 CHECKPOINT_FORMAT = 1
 
 
-class Pfm(AnomalibModule):
+class Pfm(ArchitectureCheckpointMixin, AnomalibModule):
     """PFM (MB-PFM): bidirectional feature mapping between two frozen backbones at three levels.
 
     Defaults are the authors' (``MB-PFM-ResNet.py`` and its published log): torchvision ImageNet ResNet34 ->
@@ -64,6 +64,10 @@ class Pfm(AnomalibModule):
         weight_decay: Adam's (coupled) L2 weight decay.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
     """
+
+    checkpoint_key = CHECKPOINT_KEY
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_writer = "Pfm or Pefm"
 
     def __init__(
         self,
@@ -123,7 +127,8 @@ class Pfm(AnomalibModule):
         kwargs.setdefault("target_weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    def _architecture(self) -> dict[str, Any]:
+    def architecture(self) -> dict[str, Any]:
+        """The settings that define the model's tensors and maps, saved in checkpoints."""
         return {
             "model": type(self).__name__,
             "source_backbone": self.hparams.get("source_backbone"),
@@ -133,38 +138,12 @@ class Pfm(AnomalibModule):
             "position_encoding": self.hparams.get("position_encoding"),
         }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the architecture beside the state dict, for :meth:`on_load_checkpoint`'s check."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = {"format": CHECKPOINT_FORMAT, **self._architecture()}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, by name, a checkpoint of another model or of another architecture, before loading tensors."""
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None or saved.get("format") != CHECKPOINT_FORMAT:
-            msg = (
-                f"This checkpoint was not written by Pfm or Pefm (format {CHECKPOINT_FORMAT}); its hyper-parameters "
-                f"are {sorted(checkpoint.get('hyper_parameters', {}))}: load it with the model class that trained it."
-            )
-            raise IncompatibleCheckpointError(msg)
-        differences = []
-        if bool(saved.get("position_encoding")) != bool(self.hparams.get("position_encoding")):
-            # No tensor shows the encoding (it is computed, not stored): the shapes agree, the maps would not.
-            differences.append(
-                f"position_encoding differs (checkpoint {saved.get('position_encoding')}, model "
-                f"{self.hparams.get('position_encoding')})"
-            )
-        problems = shape_differences(self.state_dict(), checkpoint.get("state_dict", {}))
-        if problems:
-            differences.append(f"{len(problems)} tensors differ (first: {'; '.join(problems[:3])})")
-        if differences:
-            msg = (
-                f"The checkpoint's architecture is {saved}, this model's is {self._architecture()}: "
-                f"{'; '.join(differences)}. Build the model with the checkpoint's settings, e.g. "
-                f"{saved.get('model', 'Pfm')}.load_from_checkpoint(path)."
-            )
-            raise IncompatibleCheckpointError(msg)
-        super().on_load_checkpoint(checkpoint)
+    def architecture_differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """The position encoding: no tensor shows it (it is computed, not stored); the shapes agree, the maps not."""
+        if bool(saved.get("position_encoding")) == bool(self.hparams.get("position_encoding")):
+            return []
+        checkpoint_value, model_value = saved.get("position_encoding"), self.hparams.get("position_encoding")
+        return [f"position_encoding differs (checkpoint {checkpoint_value}, model {model_value})"]
 
     def setup(self, stage: str) -> None:
         """Check the stage's image files, and refuse abnormal training images, before any work is done."""
