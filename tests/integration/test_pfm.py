@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning
-import numpy as np
 import pytest
 import torch
 from anomalib.data.utils import read_image
-from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -27,6 +25,7 @@ from pcsnet_anomalib import KShotMVTecAD, Pcsnet, Pefm, Pfm
 from pcsnet_anomalib.models.components import IncompatibleCheckpointError, NonFiniteLossError
 from pcsnet_anomalib.models.pfm.loss import PfmLoss
 from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL, state_differences, write_mvtec_dataset
+from tests.integration.export_parity import export_parity
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +33,6 @@ CATEGORY = "widget"
 TINY_PFM = {"source_backbone": "resnet18", "target_backbone": "resnet34", "pre_trained": False}
 TINY_LATENT = (8, 16, 32)
 MODEL_CLASSES = {"Pfm": Pfm, "Pefm": Pefm}
-# float32 on the CPU: OpenVINO otherwise runs in bfloat16 where the CPU supports it.
-OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
-MAX_RELATIVE_ERROR = 1e-4
 
 
 def _tiny(cls: type[Pfm], **kwargs: object) -> Pfm:
@@ -113,65 +109,14 @@ def _inputs(trained: Trained) -> Iterator[torch.Tensor]:
     yield torch.stack([read_image(path, as_tensor=True) for path in sorted((fresh / CATEGORY / "test").rglob("*.png"))])
 
 
-def _errors(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    """Relative L2 error, and the largest absolute difference relative to the largest expected magnitude."""
-    scale = max(float(np.abs(expected).max()), 1e-12)
-    relative_l2 = float(np.linalg.norm(actual - expected) / max(float(np.linalg.norm(expected)), 1e-12))
-    return relative_l2, float(np.abs(actual - expected).max()) / scale
-
-
-def _run_export(path: Path, export_type: str, images: torch.Tensor) -> dict[str, np.ndarray]:
-    if export_type == "torch":
-        loaded = torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
-        with torch.no_grad():
-            output = loaded(images)
-        return {field: getattr(output, field).numpy() for field in ("anomaly_map", "pred_score", "pred_label")}
-    if export_type == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        values = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-        return {output.name: value for output, value in zip(session.get_outputs(), values, strict=True)}
-    import openvino
-
-    compiled = openvino.Core().compile_model(str(path), "CPU", OPENVINO_FP32)
-    result = compiled(images.numpy())
-    return {output.any_name: result[output] for output in compiled.outputs}
-
-
 def test_torch_onnx_and_openvino_exports_match_the_model(trained: Trained) -> None:
     """Each export of the trained model gives its anomaly maps and scores within 1e-4 (relative); torch exactly."""
-    exported = {
-        export_type: trained.engine.export(
-            trained.model, export_type=ExportType(export_type), export_root=trained.root / "exported"
-        )
-        for export_type in ("torch", "onnx", "openvino")
-    }
-    worst: dict[str, float] = dict.fromkeys(exported, 0.0)
-    problems: list[str] = []
-    unsaturated = 0
-    for index, images in enumerate(_inputs(trained)):
-        with torch.no_grad():
-            expected = trained.model(images)
-        scores = expected.pred_score.numpy()
-        unsaturated += int(((scores > 0) & (scores < 1)).sum())
-        for export_type, path in exported.items():
-            actual = _run_export(Path(path), export_type, images)
-            assert actual["anomaly_map"].shape == tuple(expected.anomaly_map.shape), export_type  # dynamic batch
-            for field in ("anomaly_map", "pred_score"):
-                wanted = getattr(expected, field).numpy()
-                if export_type == "torch" and not np.array_equal(actual[field], wanted):
-                    problems.append(f"input {index}: torch {field} is not bit-identical")
-                relative_l2, relative_max = _errors(actual[field], wanted)
-                worst[export_type] = max(worst[export_type], relative_l2, relative_max)
-                if max(relative_l2, relative_max) >= MAX_RELATIVE_ERROR:
-                    problems.append(f"input {index}: {export_type} {field} L2 {relative_l2:.2e} max {relative_max:.2e}")
-            if not np.array_equal(actual["pred_label"], expected.pred_label.numpy()):
-                problems.append(f"input {index}: {export_type} labels {actual['pred_label']} scores {scores}")
-    figures = ", ".join(f"{export_type} {error:.2e}" for export_type, error in worst.items())
-    print(f"{trained.name} export parity, max relative difference: {figures}")
-    assert not problems, problems
-    assert unsaturated >= 4, "the fresh images should give scores inside (0, 1), or the score parity proves little"
+    parity = export_parity(trained.model, trained.engine, trained.root / "exported", _inputs(trained))
+    print(f"{trained.name} export parity, max relative difference: {parity.figures()}")
+    assert not parity.problems, parity.problems
+    assert parity.unsaturated >= 4, (
+        "the fresh images should give scores inside (0, 1), or the score parity proves little"
+    )
 
 
 def test_checkpoint_round_trip_is_bit_identical(trained: Trained) -> None:
