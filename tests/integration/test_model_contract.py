@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 import pcsnet_anomalib  # noqa: F401  (registers the package's models with anomalib)
 from pcsnet_anomalib._plugin import MODELS
 from tests.conftest import write_mvtec_dataset
+from tests.integration.export_parity import run_export
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,6 @@ N_TEST_DEFECT = 2
 RANDOM_WEIGHTS_SEED = 1234
 SNAPSHOT_COMMIT = "0" * 40
 """Commit hash of the fake hub snapshot (any 40 hex digits; ``refs/<revision>`` names it)."""
-OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 EXPORT_FILES = {
     ExportType.TORCH: ("torch/model.pt",),
     ExportType.ONNX: ("onnx/model.onnx",),
@@ -358,26 +358,6 @@ def reference(fitted: Fitted) -> Reference:
     return Reference(images, {field: getattr(output, field).numpy() for field in ("pred_score", "anomaly_map")})
 
 
-def _run_export(path: Path, export_type: ExportType, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Load an exported file with its own runtime and run ``images`` through it."""
-    if export_type == ExportType.TORCH:
-        exported = torch.load(path, map_location="cpu", weights_only=False)["model"].eval()
-        with torch.no_grad():
-            output = exported(images)
-        return {field: getattr(output, field).numpy() for field in ("pred_score", "anomaly_map")}
-    if export_type == ExportType.ONNX:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        values = session.run(None, {session.get_inputs()[0].name: images.numpy()})
-        return {output.name: value for output, value in zip(session.get_outputs(), values, strict=True)}
-    import openvino
-
-    compiled = openvino.Core().compile_model(str(path), "CPU", OPENVINO_FP32)
-    result = compiled(images.numpy())
-    return {output.any_name: result[output] for output in compiled.outputs}
-
-
 @pytest.mark.parametrize("export_type", list(EXPORT_FILES), ids=lambda export_type: export_type.value)
 def test_export(fitted: Fitted, reference: Reference, export_type: ExportType) -> None:
     model, _, engine = _fresh(fitted)
@@ -390,7 +370,7 @@ def test_export(fitted: Fitted, reference: Reference, export_type: ExportType) -
         assert file.is_file(), f"{export_type.value} export wrote no {file}"
         assert file.stat().st_size > 0, file
 
-    outputs = _run_export(Path(path), export_type, reference.images)
+    outputs = run_export(Path(path), export_type.value, reference.images)
     for field, wanted in reference.outputs.items():
         assert field in outputs, f"{export_type.value} export has no {field} output: {sorted(outputs)}"
         actual = outputs[field]
