@@ -19,6 +19,13 @@ settings without looking at test scores.
 The ``mean`` row averages the categories within each seed first, then takes mean ± std over seeds, so its
 spread is the seed-to-seed spread of the average (as in the paper), not the spread between categories.
 Standard deviations are sample standard deviations (``ddof=1``); with one seed only the mean is shown.
+
+``--sweep anomalous_shots`` tabulates the few-real-anomalies protocol instead: columns m (the real anomalies moved
+from test to training, ``data.init_args.anomalous_shots``), mean ± std over the selection seeds
+(``anomalous_shots_seed``), and the plot is ``image_auroc_vs_m.png``:
+
+    python -m pcsnet_anomalib.benchmark.aggregate results.csv --out out --sweep anomalous_shots \
+        --metrics image_AUROC pixel_AUROC pixel_AUPRO pixel_AUPR
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -43,10 +51,30 @@ PAPER_SUFFIX = " (paper)"
 SUMMARY_COLUMNS = ["metric", "category", "model", "k", "mean", "std", "n"]
 
 
-def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Sweep:
+    """The data setting a table's columns sweep, and the seed its cells average over."""
+
+    column: str
+    seed: str
+    symbol: str
+    axis_label: str
+
+
+SWEEPS = {
+    "k_shot": Sweep(K_SHOT, SEED, "k", "k (normal training images)"),
+    "anomalous_shots": Sweep(
+        "data.init_args.anomalous_shots", "data.init_args.anomalous_shots_seed", "m", "m (real anomalies in training)"
+    ),
+}
+"""``--sweep`` choices: the k-shot protocol (default) and the few-real-anomalies protocol."""
+
+
+def load_results(paths: Sequence[str | Path], sweep: Sweep = SWEEPS["k_shot"]) -> pd.DataFrame:
     """Read and concatenate ``results.csv`` files (``PATH@LABEL``: see the module docstring); short model names.
 
-    Fails early on missing columns.
+    With another ``sweep`` than k its setting and seed take the places of ``k_shot`` and ``k_shot_seed`` (the
+    tables' columns and the seeds averaged over). Fails early on missing columns.
     """
     frames = []
     for entry in paths:
@@ -63,6 +91,12 @@ def load_results(paths: Sequence[str | Path]) -> pd.DataFrame:
             frame[MODEL] = frame[MODEL] + f" ({label})"
         frames.append(frame)
     results = pd.concat(frames, ignore_index=True)
+    if sweep.column != K_SHOT:
+        missing = [column for column in (sweep.column, sweep.seed) if column not in results.columns]
+        if missing:
+            msg = f"Missing columns {missing} for a table over {sweep.symbol}; did the benchmark's grid set them?"
+            raise ValueError(msg)
+        results[K_SHOT], results[SEED] = results[sweep.column], results[sweep.seed]
     if SEED not in results.columns:
         results[SEED] = 0
     results[SEED] = results[SEED].fillna(0)
@@ -145,10 +179,11 @@ def _cell(mean: float, std: float, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None) -> str:
+def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None, symbol: str = "k") -> str:
     """One Markdown table per metric: rows category x model, columns k; the best mean per category and k in bold.
 
-    ``paper`` rows are shown under the model they belong to and never compete for bold.
+    ``paper`` rows are shown under the model they belong to and never compete for bold; ``symbol`` names the
+    columns' setting (``m`` for the anomalous-shots sweep).
     """
     blocks = []
     combined = summary if paper is None else pd.concat([summary, paper], ignore_index=True)
@@ -162,7 +197,7 @@ def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None) -> str
         lines = [
             f"### {metric} (%)",
             "",
-            "| category | model | " + " | ".join(f"k={k_label(k)}" for k in ks) + " |",
+            "| category | model | " + " | ".join(f"{symbol}={k_label(k)}" for k in ks) + " |",
             "| --- | --- | " + " | ".join("---:" for _ in ks) + " |",
         ]
         for category in categories:
@@ -182,14 +217,17 @@ def to_markdown(summary: pd.DataFrame, paper: pd.DataFrame | None = None) -> str
         blocks.append("\n".join(lines))
     seeds = summary["n"].max()
     header = (
-        f"Mean ± sample std over {seeds} k-shot seed(s), in percent; bold: best measured model per category and k. "
+        f"Mean ± sample std over {seeds} seed(s) of the {symbol} selection, in percent; bold: best measured model "
+        f"per category and {symbol}. "
         f"`{AVERAGE}`: average over categories within each seed, then mean ± std over seeds."
     )
     return header + "\n\n" + "\n\n".join(blocks) + "\n"
 
 
-def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None = None) -> None:
-    """Category-average image AUROC against k, one line per model, error bars = std over seeds."""
+def plot_image_auroc(
+    summary: pd.DataFrame, path: str | Path, title: str | None = None, sweep: Sweep = SWEEPS["k_shot"]
+) -> None:
+    """Category-average image AUROC against k (or the ``sweep``'s setting), one line per model, bars = seed std."""
     import matplotlib as mpl
 
     mpl.use("Agg")
@@ -197,7 +235,7 @@ def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None 
 
     average = summary[(summary["metric"] == "image_AUROC") & (summary["category"] == AVERAGE)]
     if average.empty:
-        msg = "No image_AUROC in the summary: cannot plot image AUROC against k."
+        msg = f"No image_AUROC in the summary: cannot plot image AUROC against {sweep.symbol}."
         raise ValueError(msg)
     ks = sorted(average["k"].unique())
     finite = [k for k in ks if k != ALL_IMAGES]
@@ -211,9 +249,9 @@ def plot_image_auroc(summary: pd.DataFrame, path: str | Path, title: str | None 
         )
     axes.set_xscale("log", base=2)
     axes.set_xticks([all_position if k == ALL_IMAGES else k for k in ks], [k_label(k) for k in ks])
-    axes.set_xlabel("k (normal training images)")
+    axes.set_xlabel(sweep.axis_label)
     axes.set_ylabel("image AUROC (%), category average")
-    axes.set_title(title or "Image AUROC against k")
+    axes.set_title(title or f"Image AUROC against {sweep.symbol}")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -228,23 +266,25 @@ def aggregate(
     paper: str | Path | None = None,
     paper_dataset: str | None = None,
     metrics: Sequence[str] = METRICS,
+    sweep: Sweep = SWEEPS["k_shot"],
 ) -> pd.DataFrame:
     """Write ``summary.md``, ``summary.csv`` and (with test image AUROC) ``image_auroc_vs_k.png`` into ``out``.
 
-    Returns the summary.
+    With the anomalous-shots ``sweep`` the columns are m and the plot is ``image_auroc_vs_m.png``. Returns the
+    summary.
     """
     if (paper is None) != (paper_dataset is None):
         msg = "Give both --paper and --paper-dataset, or neither."
         raise ValueError(msg)
-    summary = summarize(load_results(results), metrics)
+    summary = summarize(load_results(results, sweep), metrics)
     reference = load_paper(paper, paper_dataset) if paper is not None and paper_dataset is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
     heading = f"# {title}\n\n" if title else ""
-    (out / "summary.md").write_text(heading + to_markdown(summary, reference), encoding="utf-8")
+    (out / "summary.md").write_text(heading + to_markdown(summary, reference, sweep.symbol), encoding="utf-8")
     if "image_AUROC" in set(summary["metric"]):
-        plot_image_auroc(summary, out / "image_auroc_vs_k.png", title)
+        plot_image_auroc(summary, out / f"image_auroc_vs_{sweep.symbol}.png", title, sweep)
     return summary
 
 
@@ -257,8 +297,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", help="CSV of reference numbers (benchmarks/paper_results.csv)")
     parser.add_argument("--paper-dataset", help="dataset of --paper to show, e.g. mvtec_ad")
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), help="metric columns to tabulate")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), default="k_shot", help="the setting of the columns")
     args = parser.parse_args(argv)
-    aggregate(args.results, args.out, args.title, args.paper, args.paper_dataset, args.metrics)
+    aggregate(args.results, args.out, args.title, args.paper, args.paper_dataset, args.metrics, SWEEPS[args.sweep])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
       image_size: [256, 256]        # every model: resize to this ...
       center_crop_size: [224, 224]  # ... then centre-crop (null: no crop); normalisation stays each model's own
       aupro: true                   # add pixel AUPRO to each model's test metrics
+      pixel_ap: false               # add pixel average precision (AUPR, PRN's "AP") to them
       trainer:                      # Engine/Trainer arguments per grid label or model class (a model's
                                     # trainer_arguments win)
         Cfa: {max_epochs: 30}
@@ -29,6 +30,11 @@ top-level ``protocol`` section next to anomalib's ``accelerator`` and ``benchmar
                                     # {Pcsnet: {k_shot: [1, 2]}}: other jobs of that model are not generated
       k_shot_seeds: {}              # per k, the k-shot seeds run there (default: every seed of the grid),
                                     # e.g. {8: [0]} to spend the time on more seeds where k is small
+      reuse_fits: false             # jobs that train the same model (config, trainer arguments, seed) on the
+                                    # same training images fit once: results_dir/fits holds the checkpoint,
+                                    # the other jobs validate and test it (e.g. an unsupervised model beside
+                                    # Prn's anomalous-shot seeds, whose test sets differ but whose training
+                                    # sets do not)
 
 A grid entry may carry a ``label`` beside ``class_path`` (e.g. ``Pcsnet-fast``), so that two settings of one model
 class get rows of their own; it is the ``model.label`` column of ``results.csv``. When ``k_shot`` is null (all
@@ -64,7 +70,7 @@ import pandas as pd
 import torch
 from anomalib.data import get_datamodule
 from anomalib.engine import Engine
-from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Score
 from anomalib.metrics.base import AnomalibMetric
 from anomalib.models import AnomalibModule, get_model
 from anomalib.pipelines.benchmark import Benchmark
@@ -79,6 +85,7 @@ from anomalib.utils.config import flatten_dict
 from anomalib.utils.logging import hide_output
 from jsonargparse import Namespace
 from lightning import seed_everything
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize, Transform
 
@@ -112,6 +119,7 @@ class Protocol:
     image_size: tuple[int, int] | None = (256, 256)
     center_crop_size: tuple[int, int] | None = (224, 224)
     aupro: bool = True
+    pixel_ap: bool = False
     trainer: dict[str, dict[str, Any]] = field(default_factory=dict)
     register_packaged_weights: bool = False
     n_jobs: int = 1
@@ -120,6 +128,7 @@ class Protocol:
     latency_runs: int = 0
     limits: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     k_shot_seeds: dict[int, list[int]] = field(default_factory=dict)
+    reuse_fits: bool = False
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> Protocol:
@@ -142,6 +151,9 @@ class Protocol:
         if protocol.showcase_k is not None and protocol.results_dir is None:
             msg = "protocol.showcase_k saves heatmaps into protocol.results_dir: set results_dir too."
             raise ValueError(msg)
+        if protocol.reuse_fits and protocol.results_dir is None:
+            msg = "protocol.reuse_fits keeps the shared fits in protocol.results_dir/fits: set results_dir too."
+            raise ValueError(msg)
         if protocol.latency_runs and protocol.showcase_k is None:
             msg = "protocol.latency_runs times the jobs at protocol.showcase_k: set showcase_k too."
             raise ValueError(msg)
@@ -163,7 +175,7 @@ class Protocol:
         return PreProcessor(transform=Compose([*geometry, *kept]))
 
     def evaluator(self) -> Evaluator:
-        """Test metrics as anomalib's defaults (plus pixel AUPRO when ``aupro`` is set), and the validation AUROCs."""
+        """Test metrics as anomalib's defaults (plus pixel AUPRO, pixel AP when set), and the validation AUROCs."""
         validation = [
             RawScoreAUROC(fields=["pred_score", "gt_label"], prefix="val_image_"),
             RawScoreAUROC(fields=["anomaly_map", "gt_mask"], prefix="val_pixel_", strict=False),
@@ -176,14 +188,19 @@ class Protocol:
         ]
         if self.aupro:
             metrics.append(AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
+        if self.pixel_ap:
+            metrics.append(AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False))
         return Evaluator(val_metrics=validation, test_metrics=metrics)
 
     def build_model(self, config: Mapping[str, Any]) -> AnomalibModule:
         """Instantiate a model of the grid with anomalib's ``get_model``, then set the protocol's components.
 
-        They are set after construction because ``get_model`` keeps ``init_args`` as plain (OmegaConf) values.
+        The components are set after construction because ``init_args`` hold plain values only. Those are given as
+        Python lists and dicts: a model built from a config dict gets OmegaConf containers as hyper-parameters,
+        which its checkpoints then pickle and ``torch.load``'s default ``weights_only=True`` refuses to read back.
         """
-        model = get_model(dict(config))
+        init_args = OmegaConf.to_container(OmegaConf.create(dict(config.get("init_args") or {})), resolve=True)
+        model = get_model(str(config["class_path"]).rsplit(".", 1)[-1], **init_args)
         model.evaluator = self.evaluator()
         pre_processor = self.pre_processor(model)
         if pre_processor is not None:
@@ -198,7 +215,8 @@ class KShotBenchmarkJob(BenchmarkJob):
     returned as it is by a later run instead of fitting again. ``latency_runs`` > 0 adds ``latency_ms``, the
     median time of a batch-1 forward pass of the fitted model (pre-processing, model, post-processing) on one
     test image. ``heatmap_dir`` receives the anomaly map of the first test image of each defect type. A finished
-    job needs no ``model`` or ``datamodule`` (None): it only returns its stored row.
+    job needs no ``model`` or ``datamodule`` (None): it only returns its stored row. With ``fits_dir`` the fit is
+    shared (:meth:`shared_fit_path`): a job whose fit is there validates and tests it instead of fitting again.
     """
 
     def __init__(
@@ -213,6 +231,7 @@ class KShotBenchmarkJob(BenchmarkJob):
         result_path: Path | None = None,
         latency_runs: int = 0,
         heatmap_dir: Path | None = None,
+        fits_dir: Path | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, model=model, datamodule=datamodule, seed=seed, flat_cfg=flat_cfg)
         self.trainer_args = dict(trainer_args or {})
@@ -220,6 +239,7 @@ class KShotBenchmarkJob(BenchmarkJob):
         self.result_path = result_path
         self.latency_runs = latency_runs
         self.heatmap_dir = heatmap_dir
+        self.fits_dir = fits_dir
 
     def run(self, task_id: int | None = None) -> dict[str, Any]:
         """The stored row of a finished job, else :meth:`fit_and_test` (stored when ``result_path`` is set).
@@ -254,6 +274,8 @@ class KShotBenchmarkJob(BenchmarkJob):
             torch.set_num_threads(self.threads)
         devices: int | list[int] = 1 if task_id is None or self.accelerator != "cuda" else [task_id]
         job_start = time.time()
+        shared_fit = self.shared_fit_path()
+        extras: dict[str, Any] = {}
         with TemporaryDirectory() as temp_dir:
             seed_everything(self.seed)
             engine = Engine(
@@ -264,14 +286,24 @@ class KShotBenchmarkJob(BenchmarkJob):
                 **self.trainer_args,
             )
             fit_start = time.time()
-            engine.fit(self.model, self.datamodule)
+            reused = shared_fit is not None and shared_fit.is_file()
+            if not reused:
+                engine.fit(self.model, self.datamodule)
+                if shared_fit is not None:
+                    _save_fit(engine, shared_fit, time.time() - fit_start)
             validate_start = time.time()
             # Validated again after fitting: the last weights' scores, whatever the trainer's validation schedule.
-            validation_results = engine.validate(self.model, self.datamodule)
+            # A shared fit is loaded here; the test then runs on the loaded, validated model.
+            checkpoint = shared_fit if reused else None
+            validation_results = engine.validate(self.model, self.datamodule, ckpt_path=checkpoint)
             test_start = time.time()
             test_results = engine.test(self.model, self.datamodule)
         job_end = time.time()
-        extras: dict[str, Any] = {}
+        fit_duration = validate_start - fit_start
+        if shared_fit is not None:
+            extras["fit_reused"] = reused
+            if reused:  # the time of the fit this job shares, not of loading it
+                fit_duration = json.loads(shared_fit.with_suffix(".json").read_text())["fit_duration"]
         if self.latency_runs:
             extras["latency_ms"] = self._latency_ms()
         if self.heatmap_dir is not None:
@@ -279,7 +311,7 @@ class KShotBenchmarkJob(BenchmarkJob):
         output = {
             "accelerator": self.accelerator,
             "job_duration": job_end - job_start,
-            "fit_duration": validate_start - fit_start,
+            "fit_duration": fit_duration,
             "validate_duration": test_start - validate_start,
             "test_duration": job_end - test_start,
             **self.flat_cfg,
@@ -289,6 +321,34 @@ class KShotBenchmarkJob(BenchmarkJob):
         }
         logger.info(f"Completed with result {output}")
         return output
+
+    def shared_fit_path(self) -> Path | None:
+        """Where this job's fit is shared (``fits_dir``), named by what the fit depends on; None when not shared.
+
+        The name hashes the model's config, the trainer arguments, the seed, the data settings other than the
+        anomalous-shot selection, and the training images themselves (path, label, mask) after the datamodule's
+        setup: jobs that differ only in which test images they hold out share it.
+        """
+        if self.fits_dir is None:
+            return None
+        self.datamodule.setup()
+        samples = self.datamodule.train_data.samples
+        columns = [column for column in ("image_path", "label_index", "mask_path") if column in samples.columns]
+        data_args = {
+            key: value
+            for key, value in self.flat_cfg.items()
+            if key.startswith("data.") and key.rsplit(".", 1)[-1] not in _SELECTION_OF_HELD_OUT_IMAGES
+        }
+        identity = {
+            "model": {key: value for key, value in self.flat_cfg.items() if key.startswith("model.")},
+            "data": data_args,
+            "trainer": self.trainer_args,
+            "seed": self.seed,
+            "training_images": samples[columns].astype(str).to_numpy().tolist(),
+        }
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        model = self.flat_cfg.get("model.label") or str(self.flat_cfg.get("model.class_path")).rsplit(".", 1)[-1]
+        return self.fits_dir / f"{model}-{self.flat_cfg.get('data.init_args.category', 'data')}-{digest}.ckpt"
 
     def _latency_ms(self) -> float:
         """Median wall time of ``latency_runs`` batch-1 forward passes on the first test image (2 warm-up passes)."""
@@ -329,6 +389,19 @@ class KShotBenchmarkJob(BenchmarkJob):
         return pd.DataFrame(results)
 
 
+_SELECTION_OF_HELD_OUT_IMAGES = ("anomalous_shots", "anomalous_shots_seed")
+"""Data settings that only choose held-out images when the training images are the same (the shared-fit key)."""
+
+
+def _save_fit(engine: Engine, path: Path, fit_duration: float) -> None:
+    """Save a fitted job's checkpoint and fit time at ``path`` (``.ckpt``, ``.json``), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    engine.trainer.save_checkpoint(temporary)
+    _write_json(path.with_suffix(".json"), {"fit_duration": fit_duration})
+    temporary.replace(path)
+
+
 def _write_json(path: Path, content: Mapping[str, Any] | list[Any]) -> None:
     """Write ``content`` as JSON through a temporary file renamed into place, so no reader sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,7 +430,12 @@ def job_name(flat_cfg: Mapping[str, Any]) -> str:
     category = flat_cfg.get("data.init_args.category", "data")
     k_shot = flat_cfg.get("data.init_args.k_shot")
     seed = flat_cfg.get("data.init_args.k_shot_seed", 0)
-    return f"{model}-{category}-k{'all' if k_shot is None else k_shot}-s{seed}-{digest}"
+    anomalous = ""
+    if "data.init_args.anomalous_shots" in flat_cfg:  # m real anomalies held out of test (and used by Prn)
+        anomalous = (
+            f"-m{flat_cfg['data.init_args.anomalous_shots']}-a{flat_cfg.get('data.init_args.anomalous_shots_seed', 0)}"
+        )
+    return f"{model}-{category}-k{'all' if k_shot is None else k_shot}-s{seed}{anomalous}-{digest}"
 
 
 class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
@@ -406,6 +484,7 @@ class KShotBenchmarkJobGenerator(BenchmarkJobGenerator):
                 result_path=result_path,
                 latency_runs=self.protocol.latency_runs if showcase_dir is not None else 0,
                 heatmap_dir=showcase_dir,
+                fits_dir=results_dir / "fits" if results_dir is not None and self.protocol.reuse_fits else None,
             )
 
     def grid_points(self, args: dict) -> Generator[dict[str, Any]]:

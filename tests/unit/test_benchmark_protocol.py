@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 from anomalib.data import ImageBatch
-from anomalib.metrics import AUPRO, AUROC
+from anomalib.metrics import AUPR, AUPRO, AUROC
 from anomalib.models import Padim, Patchcore
 from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 
 from pcsnet_anomalib import Pcsnet
 from pcsnet_anomalib.benchmark import Protocol
-from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC
+from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC, job_name
 from pcsnet_anomalib.benchmark.select import EPOCHS, candidates_from_config, choose, settings_label, validation_table
 from pcsnet_anomalib.data import KShotPcsnetDemo
 from pcsnet_anomalib.data.demo import generate_demo_dataset
@@ -54,6 +54,29 @@ def test_metrics_add_aupro_to_anomalibs_defaults() -> None:
     validation = [metric.name for metric in model.evaluator.val_metrics]
     assert validation == ["val_image_AUROC", "val_pixel_AUROC"]
     assert all(isinstance(metric, RawScoreAUROC) for metric in model.evaluator.val_metrics)
+
+
+def test_pixel_ap_adds_anomalibs_aupr_on_anomaly_maps() -> None:
+    model = Protocol(pixel_ap=True).build_model({"class_path": "Padim", "init_args": TINY})
+    names = [metric.name for metric in model.evaluator.test_metrics]
+    assert names[-2:] == ["pixel_AUPRO", "pixel_AUPR"]
+    assert isinstance(model.evaluator.test_metrics[-1], AUPR)
+    assert model.evaluator.test_metrics[-1].fields == ["anomaly_map", "gt_mask"]
+
+
+def test_reuse_fits_needs_a_results_dir() -> None:
+    with pytest.raises(ValueError, match="reuse_fits keeps the shared fits in protocol.results_dir"):
+        Protocol.from_config({"reuse_fits": True})
+    assert Protocol.from_config({"reuse_fits": True, "results_dir": "out"}).reuse_fits
+
+
+def test_job_names_tell_anomalous_shot_jobs_apart() -> None:
+    base = {"model.class_path": "Prn", "data.init_args.category": "plate", "data.init_args.k_shot": None}
+    assert job_name(base).startswith("Prn-plate-kall-s0-")
+    m5 = job_name({**base, "data.init_args.anomalous_shots": 5, "data.init_args.anomalous_shots_seed": 2})
+    assert m5.startswith("Prn-plate-kall-s0-m5-a2-")
+    other_seed = job_name({**base, "data.init_args.anomalous_shots": 5, "data.init_args.anomalous_shots_seed": 1})
+    assert other_seed.startswith("Prn-plate-kall-s0-m5-a1-")
 
 
 def _image_batch(scores: list[float], labels: list[int]) -> ImageBatch:
