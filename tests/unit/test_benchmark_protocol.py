@@ -1,5 +1,6 @@
 """The k-shot protocol's shared settings: input size, metrics, trainer arguments, offline weights, k-shot data."""
 
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 
 from pcsnet_anomalib import Pcsnet
 from pcsnet_anomalib.benchmark import Protocol
-from pcsnet_anomalib.benchmark.pipeline import RawScoreAUROC, job_name
+from pcsnet_anomalib.benchmark.pipeline import KShotBenchmarkJobGenerator, RawScoreAUROC, job_name
 from pcsnet_anomalib.benchmark.select import EPOCHS, candidates_from_config, choose, settings_label, validation_table
 from pcsnet_anomalib.data import KShotPcsnetDemo
 from pcsnet_anomalib.data.demo import generate_demo_dataset
@@ -65,7 +66,7 @@ def test_pixel_ap_adds_anomalibs_aupr_on_anomaly_maps() -> None:
 
 
 def test_reuse_fits_needs_a_results_dir() -> None:
-    with pytest.raises(ValueError, match="reuse_fits keeps the shared fits in protocol.results_dir"):
+    with pytest.raises(ValueError, match=r"reuse_fits keeps the shared fits in protocol\.results_dir"):
         Protocol.from_config({"reuse_fits": True})
     assert Protocol.from_config({"reuse_fits": True, "results_dir": "out"}).reuse_fits
 
@@ -231,3 +232,35 @@ def test_the_shipped_fast_preset_is_the_one_chosen_on_validation_scores() -> Non
     (fast_pcsnet,) = fast["benchmark"]["model"]["grid"]
     epochs = fast["protocol"]["trainer"]["Pcsnet"]["max_epochs"]  # a trainer setting since 0.2 (Pcsnet's in 0.1)
     assert choice.chosen == settings_label({**fast_pcsnet["init_args"], EPOCHS: epochs})
+
+
+def test_few_real_anomalies_config_runs_prn_beside_unsupervised_models_on_the_same_test_images() -> None:
+    config = yaml.safe_load((REPO / "configs" / "benchmark_prn_demo_v2.yaml").read_text())
+    protocol = Protocol.from_config(config["protocol"])
+    assert protocol.aupro
+    assert protocol.pixel_ap
+    assert protocol.reuse_fits
+    points = list(KShotBenchmarkJobGenerator("cpu", protocol).grid_points(config["benchmark"]))
+    label = [point["model"].get("label") or point["model"]["class_path"] for point in points]
+    unsupervised = ("Pcsnet", "Pfm", "Patchcore", "Padim")
+    # m in {1, 5, 10} x 3 selection seeds x 3 categories; the two Prn ablations at m = 10 only.
+    assert Counter(label) == {"Prn": 27, "Prn-seen-only": 9, "Prn-no-real": 9, **dict.fromkeys(unsupervised, 27)}
+    for name, point in zip(label, points, strict=True):
+        data = point["data"]["init_args"]
+        assert data["k_shot"] is None
+        assert data["train_on_anomalous_shots"] == (name in {"Prn", "Prn-seen-only"}), name
+    cells = {
+        (p["data"]["init_args"]["anomalous_shots"], p["data"]["init_args"]["anomalous_shots_seed"]) for p in points
+    }
+    assert cells == {(m, seed) for m in (1, 5, 10) for seed in (0, 1, 2)}
+    seen_only = next(point for name, point in zip(label, points, strict=True) if name == "Prn-seen-only")
+    assert seen_only["model"]["init_args"]["p_unseen"] == 0.0
+    for entry in config["benchmark"]["model"]["grid"]:  # each entry builds offline with its layers (random weights)
+        args = {key: value for key, value in entry["init_args"].items() if key != "pre_trained"}
+        offline = {
+            key: value.removesuffix(".package_in1k") if "backbone" in key else value for key, value in args.items()
+        }
+        model = Protocol().build_model(
+            {"class_path": entry["class_path"], "init_args": {**offline, "pre_trained": False}}
+        )
+        assert type(model).__name__ == entry["class_path"]
