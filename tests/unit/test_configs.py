@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import pcsnet_anomalib  # noqa: F401  (registers Pcsnet and the datamodules on anomalib)
@@ -70,3 +71,18 @@ def test_pefm_demo_config_is_offline_and_uses_the_packaged_pair() -> None:
         "package:efficientnet_lite2",
     )
     assert [mapping.position_encoding for mapping in built.model.mappings] == [True, True, True]
+
+
+def test_prn_demo_config_is_offline_and_trains_on_ten_real_anomalies() -> None:
+    """The offline PRN run: packaged Lite0 weights, 128 px inputs, 10 real anomalies moved from test to training."""
+    from anomalib.data import get_datamodule
+    from anomalib.models import get_model
+
+    config = yaml.safe_load((CONFIGS / "prn_demo.yaml").read_text())
+    built = get_model(config["model"])
+    assert type(built).__name__ == "Prn"
+    assert built.hparams.pre_trained is False
+    assert built.hparams.backbone_weights == "package:efficientnet_lite0"
+    assert built.pre_processor.transform(torch.rand(1, 3, 256, 256)).shape[-2:] == (128, 128)
+    datamodule = get_datamodule(config["data"])
+    assert (datamodule.k_shot, datamodule.anomalous_shots, datamodule.train_on_anomalous_shots) == (None, 10, True)

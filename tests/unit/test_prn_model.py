@@ -187,6 +187,12 @@ def test_prn_refuses_a_pre_processor_of_another_size() -> None:
         prn.setup("fit")
 
 
+def test_the_default_pre_processor_resizes_to_the_input_size() -> None:
+    prn = Prn(**{**TINY, "input_size": 128})
+    assert prn.pre_processor.transform(torch.rand(1, 3, 300, 200)).shape[-2:] == (128, 128)
+    prn.setup("fit")  # the size check passes
+
+
 def test_other_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="four backbone levels"):
         PrnModel(**TINY, layers=("layer1", "layer2", "layer3"))

@@ -71,7 +71,8 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
             when a preset exists (e.g. ``mvtec_ad/bottle``), else the whole image is foreground.
         learning_rate, weight_decay: Adam's (coupled weight decay, as U).
         focal_weight, focal_gamma, focal_alpha, l1_kind: see :class:`PrnLoss`.
-        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default).
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True`` = default; the default
+            pre-processor resizes to ``input_size``).
 
     Raises:
         ValueError: ``input_size`` is not a multiple of 128, or another argument is out of range.
@@ -114,6 +115,8 @@ class Prn(ArchitectureCheckpointMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         check_input_size(input_size)  # before the pre-processor is built for it
+        if pre_processor is True:  # the default resizes to input_size, so Prn(input_size=S) needs nothing more
+            pre_processor = self.configure_pre_processor((input_size, input_size))
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
