@@ -55,11 +55,31 @@ class Parity:
         return ", ".join(f"{export_type} {error:.2e}" for export_type, error in self.worst.items())
 
 
-def export_parity(model: AnomalibModule, engine: Engine, export_root: Path, inputs: Iterable[torch.Tensor]) -> Parity:
+def raw_scores(model: AnomalibModule, normalised: np.ndarray) -> np.ndarray:
+    """Invert the post-processor's image-score normalisation, ``(s - threshold) / (max - min) + 0.5``.
+
+    Only scores strictly inside (0, 1) can be inverted (the normalisation clamps). The normalisation multiplies
+    float rounding by ``1 / (max - min)``: thousands for a barely trained model whose validation scores hardly vary,
+    so the raw scores are what says whether an export computes what the model computes.
+    """
+    post = model.post_processor
+    span = float(post.image_max - post.image_min)
+    return (normalised - 0.5) * span + float(post.image_threshold)
+
+
+def export_parity(
+    model: AnomalibModule,
+    engine: Engine,
+    export_root: Path,
+    inputs: Iterable[torch.Tensor],
+    compare_raw_scores: bool = False,
+) -> Parity:
     """Export ``model`` to torch, ONNX and OpenVINO and compare each export's outputs with the model's on ``inputs``.
 
     Anomaly maps and scores must be within :data:`MAX_RELATIVE_ERROR` (relative L2 and relative max difference),
-    the torch export bit-identical, and labels equal; every breach is a line of ``problems``.
+    the torch export bit-identical, and labels equal; every breach is a line of ``problems``. With
+    ``compare_raw_scores`` the image scores inside (0, 1) are compared before normalisation (:func:`raw_scores`) and
+    the clamped ones must be equal.
     """
     exported = {
         export_type: engine.export(model, export_type=ExportType(export_type), export_root=export_root)
@@ -78,6 +98,14 @@ def export_parity(model: AnomalibModule, engine: Engine, export_root: Path, inpu
                 continue
             for name in ("anomaly_map", "pred_score"):
                 wanted = getattr(expected, name).numpy()
+                if name == "pred_score" and compare_raw_scores:
+                    inside = (wanted > 0) & (wanted < 1)
+                    if not np.array_equal(actual[name][~inside], wanted[~inside]):
+                        parity.problems.append(f"input {index}: {export_type} clamped scores differ")
+                    if not inside.any():
+                        continue
+                    actual = {**actual, name: raw_scores(model, actual[name][inside])}
+                    wanted = raw_scores(model, wanted[inside])
                 if export_type == "torch" and not np.array_equal(actual[name], wanted):
                     parity.problems.append(f"input {index}: torch {name} is not bit-identical")
                 relative_l2, relative_max = relative_errors(actual[name], wanted)
