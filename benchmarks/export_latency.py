@@ -1,7 +1,7 @@
-"""Per-image CPU latency of one trained Pcsnet in torch eager, ONNX Runtime and OpenVINO, and their parity.
+"""Per-image CPU latency of one trained model in torch eager, ONNX Runtime and OpenVINO, and their parity.
 
-In one run: train Pcsnet briefly on the offline demo data (or load ``--ckpt``), export it to ONNX
-and OpenVINO through ``Engine.export``, then time batch-1 inference of the whole exported graph
+In one run: train Pcsnet briefly on the offline demo data (or load a trained Pcsnet or Prn, ``--ckpt``), export
+it to ONNX and OpenVINO through ``Engine.export``, then time batch-1 inference of the whole exported graph
 (anomalib pre-processing, model, post-processing) on the same images in each runtime, and report
 the relative L2 error of each runtime's anomaly maps and scores against torch eager and whether
 the predicted labels agree. OpenVINO runs in float32 (``INFERENCE_PRECISION_HINT=f32``) and, for
@@ -9,6 +9,9 @@ reference, with the CPU plugin's default precision (bfloat16 on CPUs that have i
 
     python benchmarks/export_latency.py                       # demo model: EfficientNet-Lite0, 224 x 224
     python benchmarks/export_latency.py --backbone wide_resnet50_2 --epochs 0   # the paper's backbone, random
+    anomalib train --config configs/prn_demo.yaml                                # then Prn's exports of that fit:
+    python benchmarks/export_latency.py --model Prn --version 2 --category plate \
+        --ckpt results/Prn/KShotPcsnetDemo/plate/latest/weights/lightning/model.ckpt
 
 ``--epochs 0`` skips training and builds the prototypes from the k training images only (same
 architecture and cost; scores are then those of an untrained model).
@@ -26,14 +29,21 @@ import torch
 from anomalib.data.utils import read_image
 from anomalib.deploy import ExportType
 from anomalib.engine import Engine
+from anomalib.models.components import AnomalibModule
 
-from pcsnet_anomalib import KShotPcsnetDemo, Pcsnet
+from pcsnet_anomalib import KShotPcsnetDemo, Pcsnet, Prn
 from pcsnet_anomalib.backbones import TF_EFFICIENTNET_LITE0_LAYERS
 
+MODELS: dict[str, type[AnomalibModule]] = {"Pcsnet": Pcsnet, "Prn": Prn}
+"""The models whose checkpoints ``--ckpt`` loads; only Pcsnet is trained here (Prn needs real anomalies and epochs)."""
 
-def _build(args: argparse.Namespace) -> Pcsnet:
+
+def _build(args: argparse.Namespace) -> AnomalibModule:
     if args.ckpt:
-        return Pcsnet.load_from_checkpoint(args.ckpt)
+        return MODELS[args.model].load_from_checkpoint(args.ckpt)
+    if args.model != "Pcsnet":
+        msg = f"--model {args.model} needs --ckpt, a trained checkpoint (anomalib train --config configs/prn_demo.yaml)"
+        raise SystemExit(msg)
     if args.backbone == "tf_efficientnet_lite0":
         backbone = {"backbone": "tf_efficientnet_lite0", "layers": list(TF_EFFICIENTNET_LITE0_LAYERS)}
         backbone |= {"pre_trained": False, "backbone_weights": "package:efficientnet_lite0"}
@@ -58,11 +68,14 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 def main() -> None:
-    """Command line: train or load a Pcsnet, export it, time each runtime and print the latency/parity table."""
+    """Command line: train a Pcsnet or load a checkpoint, export it, time each runtime, print latency and parity."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs on the demo data (0: none)")
-    parser.add_argument("--ckpt", help="a trained Pcsnet checkpoint instead of training here")
+    parser.add_argument("--model", choices=sorted(MODELS), default="Pcsnet", help="the class of --ckpt")
+    parser.add_argument("--ckpt", help="a trained checkpoint of --model instead of training a Pcsnet here")
+    parser.add_argument("--category", default="brick", help="demo category whose test images are timed and compared")
+    parser.add_argument("--version", type=int, default=1, help="demo data version of --category")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -73,7 +86,9 @@ def main() -> None:
     import openvino
 
     work = Path(tempfile.mkdtemp(prefix="pcsnet-export-latency-"))
-    datamodule = KShotPcsnetDemo(category="brick", k_shot=8, train_batch_size=2, num_workers=0, eval_batch_size=8)
+    datamodule = KShotPcsnetDemo(
+        category=args.category, version=args.version, k_shot=8, train_batch_size=2, num_workers=0, eval_batch_size=8
+    )
     model = _build(args)
     engine = Engine(default_root_dir=work, max_epochs=max(args.epochs, 1), accelerator="cpu", devices=1, logger=False)
     if not args.ckpt:
@@ -96,7 +111,7 @@ def main() -> None:
     openvino_default = core.compile_model(str(openvino_path), "CPU")
     default_precision = openvino_default.get_property("INFERENCE_PRECISION_HINT")
 
-    test_paths = sorted((Path(datamodule.root) / "brick" / "test").rglob("*.png"))
+    test_paths = sorted((Path(datamodule.root) / args.category / "test").rglob("*.png"))
     images = [read_image(path, as_tensor=True).unsqueeze(0) for path in test_paths]
     sample = images[0]
 
@@ -117,7 +132,8 @@ def main() -> None:
     for name, run in runtimes.items():
         latency[name] = _time(lambda run=run: run(sample), args.repeats)
 
-    print(f"Pcsnet {model.hparams['backbone']}, input {tuple(sample.shape[-2:])} resized to the model's size, ", end="")
+    size = tuple(sample.shape[-2:])
+    print(f"{type(model).__name__} {model.hparams['backbone']}, input {size} resized to the model's size, ", end="")
     print(f"batch 1, {args.threads} threads, median of {args.repeats} after 1 warm-up; {len(images)} test images.")
     print("| runtime | latency (ms/image) | speed-up vs torch | max rel. L2 map | max rel. L2 score | labels equal |")
     print("|---|---|---|---|---|---|")

@@ -3,8 +3,8 @@
 A random-weight timm test ResNet at 128 px (Prn's smallest input), one attention block per level, 2 real anomalies
 moved into training by the datamodule (``anomalous_shots=2``), 2 epochs; the figures are printed (``-s``). Image
 scores are compared before the post-processor's normalisation: after so short a fit the validation scores span
-about 1e-4, so normalising multiplies float32 rounding by thousands (``export_parity.raw_scores``); a trained Prn's
-normalised scores are within 1e-4 too (``benchmarks/prn_export_parity.py``, the model README).
+about 1e-4, so normalising multiplies float32 rounding by thousands (``export_parity.raw_scores``). A trained Prn's
+normalised scores: ``benchmarks/export_latency.py --model Prn --ckpt ...`` (figures in the model README).
 """
 
 import shutil
