@@ -19,13 +19,13 @@ threshold here except by the reference):
   has (anomalib's datamodule would split them off the training set instead, training on fewer images).
 
 Each job's scores are saved as JSON in ``--out/jobs``; an interrupted run resumes without redoing finished jobs.
-Run from the repository root (the committed result: Patchcore on three categories, Pcsnet on brick, where one
-job of Pcsnet at k = 8 takes about 18 minutes on 2 cores: 5 fits of 200 steps)::
+Run from the repository root (the committed result: Patchcore on three categories; Pcsnet on three at k = 2 and on
+brick with one seed at k = 8, where one job takes about 18 minutes on 2 cores: 5 fits of 200 steps)::
 
     .venv/bin/python benchmarks/thresholds.py --out benchmarks/results/thresholds --models Patchcore \
         --summary patchcore.md
-    .venv/bin/python benchmarks/thresholds.py --out benchmarks/results/thresholds --categories brick \
-        --summary brick.md
+    .venv/bin/python benchmarks/thresholds.py --out benchmarks/results/thresholds --models Pcsnet --k 2 \
+        --summary pcsnet_k2.md
 """
 
 from __future__ import annotations
