@@ -16,7 +16,11 @@ validation score, and a k-shot user has no spare normal images for validation at
    level in every training run (Pcsnet's held-out normal images scored 0.10-0.22 under fold models, its unseen
    ones 0.20-0.29 under the final model, on the demo's brick at k = 8). ``anchor`` (on except for anomalib's
    memory-bank models) therefore measures each fold model's scores from the median score of its own training images and
-   places them on the final model's median training score.
+   places them on the final model's median training score. That corrects the level, not the generalisation gap:
+   at k = 2 a fold model has one image, and Pcsnet's one-image models scored the other good image 2-20 times
+   higher than the final model scored new good images on the demo textures, so the threshold rejected nothing
+   (``benchmarks/results/thresholds/pcsnet_k2.md``); the callback warns when a fold model of a model trained by
+   gradient steps would have a single image.
 2. **Pseudo-anomalies.** ``anomalies_per_image`` pseudo-anomalous copies of each held-out image per generator,
    scored by the same fold model, with exact masks: anomalib's ``PerlinAnomalyGenerator`` (``"perlin"``, the
    default), PCSNet's patch exchange with the category's preset (``"patch_exchange"``; ``preset_for_datamodule``,
@@ -323,8 +327,10 @@ class ThresholdCalibration(Callback):
         self._untrained = copy.deepcopy(pl_module, memo={id(trainer): None})
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Fail before training when there are not two training images to hold one out."""
-        del pl_module
+        """Refuse fewer than two training images; warn when a gradient-trained fold model would have only one.
+
+        One-image fold models score held-out images high (the module docstring, step 1), so the threshold runs high.
+        """
         paths = self._training_paths(trainer)
         if len(paths) < 2:
             msg = (
@@ -332,6 +338,18 @@ class ThresholdCalibration(Callback):
                 "train on at least 2 normal images (k_shot >= 2)."
             )
             raise ValueError(msg)
+        smallest_fit = len(paths) - max(len(fold) for fold in self._fold_assignment(paths))
+        if smallest_fit < 2 and not isinstance(pl_module, MemoryBankMixin):
+            logger.warning(
+                "ThresholdCalibration: with %d training images a fold model is fitted on %d image; a model trained by "
+                "gradient steps generalises from one image far worse than the final model does from %d, so the "
+                "held-out scores run high and the threshold may reject nothing (Pcsnet at k = 2 on the demo data: "
+                "benchmarks/README.md, 'Thresholds without defect images'). Train on more images, or check the "
+                "calibrated threshold against the report's scores.",
+                len(paths),
+                smallest_fit,
+                len(paths),
+            )
 
     @staticmethod
     def _training_paths(trainer: Trainer) -> list[str]:

@@ -3,6 +3,7 @@
 A tiny Pcsnet (k = 4, 2 epochs) and anomalib's Patchcore (random ResNet-18) on generated data.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,22 @@ def test_one_training_image_is_refused_before_training(mvtec_root: Path, tmp_pat
     with pytest.raises(ValueError, match=r"at least 2 normal images \(k_shot >= 2\)"):
         engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=1))
     assert not bool(model._is_fitted)  # anomalib's memory-bank flag: nothing was trained
+
+
+@pytest.mark.parametrize(("model_name", "warns"), [("pcsnet", True), ("patchcore", False)])
+def test_one_image_fold_models_of_gradient_trained_models_are_warned_about(
+    mvtec_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, model_name: str, warns: bool
+) -> None:
+    """At k = 2 each fold model has one image: a warning for Pcsnet (held-out scores run high), none for Patchcore."""
+    model = _tiny_pcsnet() if model_name == "pcsnet" else _patchcore()
+    calibration = ThresholdCalibration(anomalies_per_image=1)
+    engine = Engine(
+        default_root_dir=tmp_path, max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[calibration]
+    )
+    with caplog.at_level(logging.WARNING, logger="pcsnet_anomalib.callbacks.calibration"):
+        engine.fit(model, datamodule=_datamodule(mvtec_root, k_shot=2))
+    assert calibration.report is not None  # calibrated all the same
+    assert ("a fold model is fitted on 1 image" in caplog.text) is warns
 
 
 def test_the_same_seeds_calibrate_to_the_same_thresholds(mvtec_root: Path, tmp_path: Path) -> None:
