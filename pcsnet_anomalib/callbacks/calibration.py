@@ -338,16 +338,15 @@ class ThresholdCalibration(Callback):
                 "train on at least 2 normal images (k_shot >= 2)."
             )
             raise ValueError(msg)
-        smallest_fit = len(paths) - max(len(fold) for fold in self._fold_assignment(paths))
-        if smallest_fit < 2 and not isinstance(pl_module, MemoryBankMixin):
+        largest_fold = max(len(fold) for fold in self._fold_assignment(paths))
+        if len(paths) - largest_fold < 2 and not isinstance(pl_module, MemoryBankMixin):
             logger.warning(
-                "ThresholdCalibration: with %d training images a fold model is fitted on %d image; a model trained by "
+                "ThresholdCalibration: with %d training images a fold model is fitted on one image; a model trained by "
                 "gradient steps generalises from one image far worse than the final model does from %d, so the "
                 "held-out scores run high and the threshold may reject nothing (Pcsnet at k = 2 on the demo data: "
                 "benchmarks/README.md, 'Thresholds without defect images'). Train on more images, or check the "
                 "calibrated threshold against the report's scores.",
                 len(paths),
-                smallest_fit,
                 len(paths),
             )
 
