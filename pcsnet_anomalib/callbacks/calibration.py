@@ -19,7 +19,7 @@ validation score, and a k-shot user has no spare normal images for validation at
    places them on the final model's median training score. That corrects the level, not the generalisation gap:
    at k = 2 a fold model has one image, and Pcsnet's one-image models scored the other good image 2-20 times
    higher than the final model scored new good images on the demo textures, so the threshold rejected nothing
-   (``benchmarks/results/thresholds/pcsnet_k2.md``); the callback warns when a fold model of a model trained by
+   (``benchmarks/results/thresholds/summary.md``); the callback warns when a fold model of a model trained by
    gradient steps would have a single image.
 2. **Pseudo-anomalies.** ``anomalies_per_image`` pseudo-anomalous copies of each held-out image per generator,
    scored by the same fold model, with exact masks: anomalib's ``PerlinAnomalyGenerator`` (``"perlin"``, the
