@@ -81,13 +81,14 @@ def test_the_calibrated_threshold_is_recomputed_from_the_report_and_rejecting_ev
     assert (f1, false_rejection, miss) == (0.5, 0.5, 0.5)  # calls 0.9 (defective) and 0.5 (good); misses 0.42
 
 
-def test_the_headline_averages_categories_then_seeds_then_cells(thresholds: ModuleType) -> None:
+def test_the_headline_averages_categories_then_complete_seeds_then_cells(thresholds: ModuleType) -> None:
     separated, reversed_scores = [0.9, 0.8, 0.1, 0.0], [0.0, 0.1, 0.8, 0.9]
     jobs = [
         _job("Pcsnet", "brick", 2, 0, separated),
         _job("Pcsnet", "grass", 2, 0, reversed_scores),
         _job("Pcsnet", "brick", 2, 1, separated),
         _job("Pcsnet", "grass", 2, 1, separated),
+        _job("Pcsnet", "brick", 2, 2, reversed_scores),  # seed 2 lacks grass: kept out of the means
         _job("Patchcore", "brick", 8, 0, separated),
     ]
     table = thresholds.headline(jobs)
@@ -97,5 +98,11 @@ def test_the_headline_averages_categories_then_seeds_then_cells(thresholds: Modu
     auroc = lines["*(the model's test image AUROC, no threshold)*"]
     assert "| 100.0 (1 seed) | 75.0 ± 35.4 |" in auroc
     coverage = thresholds.coverage(jobs)
-    assert "- Pcsnet at k = 2: 4 jobs; categories brick, grass; seeds 0, 1" in coverage
+    assert "- Pcsnet at k = 2: 5 jobs; categories brick, grass; seeds 0, 1 (per-category table only: brick seed 2)" in (
+        coverage
+    )
     assert "- Patchcore at k = 8: 1 jobs; categories brick; seeds 0" in coverage
+    rows = [line for line in thresholds.per_category(jobs).splitlines() if line.startswith("| Pcsnet | 2 | brick |")]
+    # brick over its 3 seeds: AUROC 1, 1, 0; calibrated (F1) threshold 0.45: F1 1, 1, 0.
+    assert len(rows) == 1
+    assert rows[0].startswith("| Pcsnet | 2 | brick | 3 | 66.7 ± 57.7 | 66.7 ± 57.7 |")
