@@ -1,9 +1,9 @@
 """benchmarks/thresholds.py's table: the thresholds it recomputes from stored jobs and the figures it prints."""
 
-import importlib.util
 import math
+import runpy
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,13 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "thresholds.py"
 
 
 @pytest.fixture(scope="module")
-def thresholds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("thresholds_benchmark_under_test", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def thresholds() -> SimpleNamespace:
+    """The script's functions (it is run as a module, not as ``__main__``: nothing is fitted)."""
+    return SimpleNamespace(**runpy.run_path(str(SCRIPT), run_name="thresholds_benchmark_under_test"))
 
 
 def _job(model: str, category: str, k: int, seed: int, test_scores: list[float], scale: float = 1.0) -> dict[str, Any]:
@@ -61,7 +57,7 @@ def _job(model: str, category: str, k: int, seed: int, test_scores: list[float],
     }
 
 
-def test_auroc_counts_pairs_and_ties_on_any_score_scale(thresholds: ModuleType) -> None:
+def test_auroc_counts_pairs_and_ties_on_any_score_scale(thresholds: SimpleNamespace) -> None:
     """P(defective > good), ties as one half, also for distances far above 1 (Patchcore's scores)."""
     scores = [0.9, 0.5, 0.5, 0.1]  # defective 0.9 and 0.5; good 0.5 and 0.1: 3 pairs won, 1 tied of 4
     assert thresholds.test_auroc(_job("Pcsnet", "brick", 2, 0, scores)) == pytest.approx(0.875)
@@ -69,7 +65,7 @@ def test_auroc_counts_pairs_and_ties_on_any_score_scale(thresholds: ModuleType) 
 
 
 def test_the_calibrated_threshold_is_recomputed_from_the_report_and_rejecting_everything_is_a_row(
-    thresholds: ModuleType,
+    thresholds: SimpleNamespace,
 ) -> None:
     job = _job("Patchcore", "brick", 2, 0, [0.9, 0.42, 0.5, 0.1])
     computed = thresholds.job_thresholds(job)
@@ -81,7 +77,7 @@ def test_the_calibrated_threshold_is_recomputed_from_the_report_and_rejecting_ev
     assert (f1, false_rejection, miss) == (0.5, 0.5, 0.5)  # calls 0.9 (defective) and 0.5 (good); misses 0.42
 
 
-def test_the_headline_averages_categories_then_complete_seeds_then_cells(thresholds: ModuleType) -> None:
+def test_the_headline_averages_categories_then_complete_seeds_then_cells(thresholds: SimpleNamespace) -> None:
     separated, reversed_scores = [0.9, 0.8, 0.1, 0.0], [0.0, 0.1, 0.8, 0.9]
     jobs = [
         _job("Pcsnet", "brick", 2, 0, separated),
