@@ -226,9 +226,14 @@ def test_auroc(job: dict[str, Any]) -> float:
     return float((difference > 0).mean() + 0.5 * (difference == 0).mean())
 
 
+def cell_jobs(jobs: list[dict[str, Any]], model: str, k: int) -> list[dict[str, Any]]:
+    """The jobs of one (model, k) cell."""
+    return [job for job in jobs if (job["model"], job["k"]) == (model, k)]
+
+
 def complete_seeds(jobs: list[dict[str, Any]], model: str, k: int) -> list[int]:
     """The seeds that have a (model, k) job for every category the cell has: those the cell's means average."""
-    chosen = [job for job in jobs if (job["model"], job["k"]) == (model, k)]
+    chosen = cell_jobs(jobs, model, k)
     categories_of = {seed: {j["category"] for j in chosen if j["seed"] == seed} for seed in {j["seed"] for j in chosen}}
     return sorted(seed for seed, categories in categories_of.items() if categories == {j["category"] for j in chosen})
 
@@ -262,7 +267,7 @@ def coverage(jobs: list[dict[str, Any]]) -> str:
     """A bullet per (model, k) cell: its categories, the seeds its means average and the jobs they leave out."""
     lines = []
     for model, k in cells(jobs):
-        chosen = [job for job in jobs if (job["model"], job["k"]) == (model, k)]
+        chosen = cell_jobs(jobs, model, k)
         categories = ", ".join(sorted({job["category"] for job in chosen}))
         complete = complete_seeds(jobs, model, k)
         extra = sorted(f"{job['category']} seed {job['seed']}" for job in chosen if job["seed"] not in complete)
@@ -279,8 +284,9 @@ def per_category(jobs: list[dict[str, Any]]) -> str:
         "| --- | ---: | --- | ---: |" + " ---: |" * (len(HEADLINE) + 1),
     ]
     for model, k in cells(jobs):
-        for category in sorted({job["category"] for job in jobs if (job["model"], job["k"]) == (model, k)}):
-            chosen = [job for job in jobs if (job["model"], job["k"], job["category"]) == (model, k, category)]
+        in_cell = cell_jobs(jobs, model, k)
+        for category in sorted({job["category"] for job in in_cell}):
+            chosen = [job for job in in_cell if job["category"] == category]
             figures = [mean_std(np.asarray([test_auroc(job) for job in chosen]))]
             figures += [mean_std(np.asarray([job_rates(job, m, "test")[0] for job in chosen])) for m in HEADLINE]
             lines.append(f"| {model} | {k} | {category} | {len(chosen)} | {' | '.join(figures)} |")
