@@ -248,9 +248,10 @@ def per_seed(jobs: list[dict[str, Any]], model: str, k: int, value: Callable[[di
     A seed run on some categories only would weigh them more than the others: its jobs appear in the per-category
     table only.
     """
+    in_cell = cell_jobs(jobs, model, k)
     rows = []
     for seed in complete_seeds(jobs, model, k):
-        chosen = [j for j in jobs if (j["model"], j["k"], j["seed"]) == (model, k, seed)]
+        chosen = [job for job in in_cell if job["seed"] == seed]
         rows.append(np.mean([value(job) for job in chosen], axis=0))
     return np.asarray(rows)
 
